@@ -1,0 +1,75 @@
+"""Plain records returned by `RunStore`: no SQLAlchemy objects leak out of `store/`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    """A file a run produced, as registered with `RunStore.add_artifact`."""
+
+    kind: str
+    path: str
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """Everything the registry knows about one run (metrics and artifacts included)."""
+
+    id: str
+    name: str
+    status: str
+    created_at: datetime
+    finished_at: datetime | None
+    spec_yaml: str
+    spec_hash: str
+    model_name: str | None
+    model_entry_yaml: str | None
+    model_hash: str | None
+    versions: dict[str, str]
+    device: str | None
+    seed: int | None
+    error_message: str | None
+    error_traceback: str | None
+    summary: Any | None
+    resumed_from: str | None
+    resume_count: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: list[ArtifactRecord] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float | None:
+        """Wall time from creation to the terminal state; None while still running."""
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.created_at).total_seconds()
+
+    def elapsed_s(self, now: datetime | None = None) -> float:
+        """Wall time so far (or in total, once finished)."""
+        end = self.finished_at or now or datetime.now(timezone.utc)
+        return (end - self.created_at).total_seconds()
+
+    def spec(self) -> dict[str, Any]:
+        """The resolved spec parsed back from YAML (an empty dict if none was stored)."""
+        loaded = yaml.safe_load(self.spec_yaml) if self.spec_yaml else None
+        # A spec is a mapping; anything else (a bare scalar from a broken writer) is
+        # wrapped so callers can always treat it as a dict.
+        if loaded is None:
+            return {}
+        return loaded if isinstance(loaded, dict) else {"spec": loaded}
+
+    def metric(self, name: str) -> float | None:
+        """One metric, None when absent or NaN (so tables and JSON show a blank)."""
+        value = self.metrics.get(name)
+        if value is None or math.isnan(value):
+            return None
+        return value
