@@ -1,0 +1,3 @@
+from vseam_run.cli.main import main
+
+main()

@@ -1,0 +1,45 @@
+"""Options shared by several commands, each with a VSEAM_ environment variable, and output helpers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+DEFAULT_DB = "runs.db"
+
+DbOption = Annotated[
+    str,
+    typer.Option(
+        "--db",
+        envvar="VSEAM_DB",
+        help="Run registry: a file path (SQLite) or an SQLAlchemy URL. Env: VSEAM_DB.",
+    ),
+]
+DeviceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        envvar="VSEAM_DEVICE",
+        help="Override the spec's device: auto, cpu, cuda or cuda:N. Env: VSEAM_DEVICE.",
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+
+def console() -> Console:
+    """A console bound to the current stdout (so in-process tests capture it)."""
+    return Console(file=sys.stdout, soft_wrap=True)
+
+
+def err_console() -> Console:
+    return Console(file=sys.stderr, soft_wrap=True)
+
+
+def print_json(obj: Any) -> None:
+    """Plain JSON on stdout: never through rich, which would wrap long lines."""
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,298 @@
+"""The experiment spec: the YAML contract, as pydantic models.
+
+Every field has a description (shown in errors and docs). Unknown keys are errors
+(`extra="forbid"`), strategies and policies are discriminated unions, and all errors
+of a file are reported together as `field.path: message (line N)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from vseam_run.errors import SpecError, VseamError
+from vseam_run.yamlio import LoadedYaml, format_validation_error, load_yaml
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SplitSpec(_Strict):
+    """Fractions of *images* per split; questions follow their image so no image is in two splits."""
+
+    search: float = Field(0.6, ge=0, le=1, description="Fraction used for head search.")
+    val: float = Field(0.2, ge=0, le=1, description="Fraction used to choose λ (modulation.lam: auto).")
+    test: float = Field(0.2, ge=0, le=1, description="Fraction held out for the final evaluation.")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitSpec":
+        if abs(self.search + self.val + self.test - 1.0) > 1e-6:
+            raise ValueError(f"search + val + test must be 1 (got {self.search + self.val + self.test:g})")
+        return self
+
+
+class ToyWorldSpec(_Strict):
+    """Size of a generated toy-world question set (data.source: toyworld)."""
+
+    seed: int | None = Field(None, description="World seed; defaults to the spec's seed.")
+    images: int = Field(300, ge=4, description="Number of scenes to generate (a few questions each).")
+    image_size: int = Field(32, ge=16, description="Scene size in pixels; must match the toy model.")
+
+
+class DataSpec(_Strict):
+    """Where the questions come from."""
+
+    source: Literal["gqa", "pope", "cocoqa", "toyworld"] = Field(description="Question format.")
+    path: Path | None = Field(None, description="Question file (GQA JSON, POPE JSON lines, COCO-QA CSV).")
+    images: Path | None = Field(None, description="Folder holding the images.")
+    level: Literal["object", "attribute", "relation"] | None = Field(
+        None, description="Semantic level to keep: object, attribute or relation (all when unset)."
+    )
+    categories: list[str] | None = Field(None, description="Categories to keep (e.g. [color, material]); all when unset.")
+    limit: int | None = Field(None, ge=1, description="Keep at most this many questions (after filtering).")
+    split: SplitSpec = Field(default_factory=SplitSpec, description="Search / val / test fractions, by image.")
+    on_missing_image: Literal["error", "skip"] = Field(
+        "error", description="A missing or unreadable image stops the run (error) or is skipped and counted (skip)."
+    )
+    toyworld: ToyWorldSpec = Field(default_factory=ToyWorldSpec, description="Generator settings for source: toyworld.")
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DataSpec":
+        if self.source != "toyworld" and self.path is None:
+            raise ValueError(f"source '{self.source}' needs data.path (the question file)")
+        return self
+
+
+class EditSpec(_Strict):
+    """Counterfactual image edits."""
+
+    recipe: Literal["procedural", "inpaint"] = Field(
+        "procedural",
+        description="procedural: exact scene-graph edits of the toy world. inpaint: SAM mask + diffusion "
+        "inpainting of real images (not available yet).",
+    )
+
+    @field_validator("recipe")
+    @classmethod
+    def _available(cls, v: str) -> str:
+        if v == "inpaint":
+            raise ValueError("recipe 'inpaint' (SAM + diffusion inpainting) is not available yet; use 'procedural' on the toy world")
+        return v
+
+
+class SearchSpec(_Strict):
+    """Head search: the effect of ablating each (layer, head) on the gold answer's probability."""
+
+    strategy: Literal["reference", "exact", "attribution", "attribution+verify"] = Field(
+        "exact",
+        description="reference: one batch-1 pass per head and question (the original method). exact: the same "
+        "numbers, batched and with shared prefixes. attribution: first-order estimate from one backward "
+        "pass. attribution+verify: attribution ranks, exact re-scores the top verify_k.",
+    )
+    scoring: Literal["subset", "signed"] = Field(
+        "subset",
+        description="subset: positive over correctly answered questions, negative over wrong ones (the paper). "
+        "signed: mean (base − ablated) over all; top lists come from its positive and negative parts.",
+    )
+    ablation: Literal["mean", "zero"] = Field("mean", description="Replace a head's o_proj-input slice by the other heads' mean, or by zeros.")
+    top_k: int = Field(10, ge=1, description="Length of the reported top positive / negative head lists.")
+    verify_k: int | None = Field(None, ge=1, description="Heads re-scored exactly by attribution+verify (default 3 × top_k).")
+    batch_rows: int = Field(64, ge=1, description="Rows per forward pass in exact search (questions × heads).")
+
+
+class LinearPolicy(_Strict):
+    """Scale every head by clip(1 + λ·score, lo, hi) (the paper's policy)."""
+
+    policy: Literal["linear"] = "linear"
+    lam: float | Literal["auto"] = Field(1.0, description="λ, or auto: pick from `grid` by val-split accuracy (ties → smaller |λ|).")
+    grid: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0, 8.0], description="λ values tried when lam: auto.")
+    clip: tuple[float, float] = Field((0.0, 2.0), description="[lo, hi] bounds of a head's scale.")
+    eps: float = Field(0.0, ge=0, description="Scores with |score| ≤ eps count as 0.")
+    score: Literal["signed", "pos_minus_neg"] = Field("signed", description="Head score: the signed effect, or positive − negative.")
+
+    @field_validator("clip")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] > v[1]:
+            raise ValueError(f"clip lo ({v[0]}) must be ≤ hi ({v[1]})")
+        return v
+
+
+class TopKPolicy(_Strict):
+    """Scale the top-k positive heads by α and the top-k negative heads by β."""
+
+    policy: Literal["topk"] = "topk"
+    k: int = Field(5, ge=1, description="Heads per list.")
+    alpha: float = Field(1.5, ge=0, description="Scale of the top positive heads.")
+    beta: float = Field(0.5, ge=0, description="Scale of the top negative heads.")
+
+
+class NonePolicy(_Strict):
+    """No modulation (evaluation of the baseline only)."""
+
+    policy: Literal["none"] = "none"
+
+
+ModulationSpec = Annotated[LinearPolicy | TopKPolicy | NonePolicy, Field(discriminator="policy")]
+
+
+class AblationSpec(_Strict):
+    """Ablation validation: do the found heads matter more than random ones?"""
+
+    k: int = Field(5, ge=1, description="Heads ablated per group (top positive, top negative, random).")
+    trials: int = Field(10, ge=1, description="Random-head trials (seeded).")
+    mode: Literal["zero", "mean"] = Field("zero", description="How heads are ablated.")
+
+
+class ExtraDataSpec(_Strict):
+    """A further dataset on which the chosen modulation is also evaluated (all of it: no split)."""
+
+    name: str = Field(description="Label used in metric names: eval.<name>.*")
+    source: Literal["gqa", "pope", "cocoqa", "toyworld"]
+    path: Path | None = None
+    images: Path | None = None
+    level: Literal["object", "attribute", "relation"] | None = None
+    categories: list[str] | None = None
+    limit: int | None = Field(None, ge=1)
+    on_missing_image: Literal["error", "skip"] = "error"
+    toyworld: ToyWorldSpec = Field(default_factory=ToyWorldSpec)
+
+
+class EvaluateSpec(_Strict):
+    """Held-out evaluation of the modulation and ablation validation."""
+
+    bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples for the accuracy-difference interval.")
+    extra: list[ExtraDataSpec] = Field(default_factory=list, description="Further datasets to evaluate the chosen modulation on.")
+    ablation: AblationSpec | None = Field(None, description="Ablation validation settings; omit to skip it.")
+
+
+class Spec(_Strict):
+    """One experiment: model, data, and the stages to run."""
+
+    name: str = Field(description="Run name shown in `vseam runs`.")
+    model: str = Field(description="Registry name (see `vseam models`) or a path to a registry YAML file.")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: the registry entry's dtype on CUDA, float32 on CPU."
+    )
+    seed: int = Field(0, description="Seed for splits, generation and random baselines.")
+    batch_size: int = Field(16, ge=1, description="Questions per forward pass.")
+    workdir: Path = Field(Path(".vseam"), description="Cache (generated data, edits) and run artifacts live here.")
+    data: DataSpec
+    edit: EditSpec | None = Field(None, description="Counterfactual edits; omit to skip.")
+    trace: dict[str, Any] | None = Field(None, description="Causal tracing (not available yet).")
+    search: SearchSpec | None = Field(None, description="Head search; omit to skip.")
+    modulation: ModulationSpec | None = Field(None, description="Attention modulation; needs search.")
+    evaluate: EvaluateSpec | None = Field(None, description="Held-out evaluation; needs search.")
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", v):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return v
+
+    @field_validator("trace")
+    @classmethod
+    def _trace_unavailable(cls, v: Any) -> Any:
+        if v is not None:
+            raise ValueError("causal tracing is not available yet in this version of vseam; remove the section")
+        return v
+
+    @model_validator(mode="after")
+    def _stage_order(self) -> "Spec":
+        problems = []
+        if self.modulation is not None and self.modulation.policy != "none" and self.search is None:
+            problems.append("modulation needs a search section (it scales the heads the search scores)")
+        if self.evaluate is not None and self.search is None:
+            problems.append("evaluate needs a search section")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+    def content_hash(self) -> str:
+        return hashlib.sha256(self.to_yaml().encode()).hexdigest()
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
+    """Apply `a.b=value` overrides (values parsed as YAML) to a raw spec mapping."""
+    errors = []
+    for item in overrides:
+        if "=" not in item:
+            errors.append(f"--set {item}: expected key.path=value")
+            continue
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if node.get(part) is None:
+                node[part] = {}
+            if not isinstance(node[part], dict):
+                errors.append(f"--set {key}: '{part}' is not a section")
+                break
+            node = node[part]
+        else:
+            node[parts[-1]] = value
+    if errors:
+        raise SpecError(source, errors)
+    return data
+
+
+def _semantic_checks(spec: Spec, base_dir: Path) -> list[str]:
+    """Checks pydantic cannot do alone: the model exists, data files exist."""
+    from vseam_run import registry
+
+    errors = []
+    try:
+        registry.get_entry(spec.model)
+    except VseamError as e:
+        errors.append(f"model: {e.message}")
+    datasets: list[tuple[str, Any]] = [("data", spec.data)]
+    if spec.evaluate:
+        datasets += [(f"evaluate.extra.{i}", d) for i, d in enumerate(spec.evaluate.extra)]
+    for prefix, d in datasets:
+        if d.source != "toyworld":
+            if d.path is None:
+                errors.append(f"{prefix}.path: source '{d.source}' needs a question file")
+            elif not d.path.exists():
+                errors.append(f"{prefix}.path: file not found: {d.path}")
+            if d.images is not None and not d.images.is_dir():
+                errors.append(f"{prefix}.images: folder not found: {d.images}")
+    return errors
+
+
+def load_spec(path: Path, overrides: list[str] | None = None, *, check_files: bool = True) -> Spec:
+    """Read, override and validate a spec file. Raises SpecError listing every problem at once.
+
+    Relative data paths are taken relative to the current directory (where `vseam run` is called).
+    """
+    doc = load_yaml(path)
+    return validate_doc(doc, str(path), overrides or [], check_files=check_files)
+
+
+def validate_doc(doc: LoadedYaml, source: str, overrides: list[str], *, check_files: bool = True) -> Spec:
+    if not isinstance(doc.data, dict):
+        raise SpecError(source, ["(top level): a spec must be a mapping of sections (name, model, data, ...)"])
+    data = apply_overrides(doc.data, overrides, source)
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(source, format_validation_error(e, doc, Spec)) from None
+    errors = _semantic_checks(spec, Path(source).parent) if check_files else []
+    if errors:
+        raise SpecError(source, errors)
+    return spec
