@@ -283,7 +283,7 @@ class ArmComparison:
     """Baseline vs modulated over the same questions, paired by question id.
 
     ``discordant_b``: right at baseline, wrong after modulation; ``discordant_c``: the
-    reverse. ``diff_ci`` is for accuracy (modulated − baseline).
+    reverse. ``diff_ci`` is the ``1 − alpha`` interval for accuracy (modulated − baseline).
     """
 
     n: int
@@ -296,6 +296,7 @@ class ArmComparison:
     discordant_b: int
     discordant_c: int
     categories: dict[str, CategoryComparison] = field(default_factory=dict)
+    alpha: float = 0.05
 
     @property
     def accuracy_diff(self) -> float:
@@ -395,4 +396,5 @@ def compare_arms(
         discordant_b=int(np.count_nonzero(b_correct & ~m_correct)),
         discordant_c=int(np.count_nonzero(~b_correct & m_correct)),
         categories=categories,
+        alpha=alpha,
     )

@@ -1,0 +1,341 @@
+"""Figures and tables for a run: head heatmaps, ablation bars, the λ curve, the summary.
+
+Figures are drawn on a bare ``matplotlib.figure.Figure`` with the Agg canvas rather
+than through ``pyplot``: that renders headless on any machine (no display, no Tk), does
+not switch the process-wide backend of a user who imports vseam in a notebook, and
+keeps no global figure registry that could leak memory across a long run.
+
+Every figure function takes a destination path, creates its parent folder, writes a
+PNG (or whatever the suffix says) and returns the path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rich.table import Table
+from rich.text import Text
+
+from vseam_run.evaluate import CI, ArmComparison
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "ablation_bar_chart",
+    "comparison_rows",
+    "comparison_table",
+    "head_heatmap",
+    "lambda_curve",
+    "summary_table",
+]
+
+DPI = 100
+# Up to this many layers/heads every index gets a tick label; beyond it labels would
+# overlap, so a tick is put every few indices instead.
+_MAX_LABELLED_TICKS = 32
+# Order and colours of the usual ablation groups; any other group follows in the
+# order given, in a neutral colour.
+_GROUP_ORDER = ("positive", "negative", "random")
+_GROUP_COLOURS = {"positive": "#2c7bb6", "negative": "#d7191c", "random": "#999999"}
+_OTHER_COLOUR = "#7b3294"
+
+
+# ---------------------------------------------------------------------------
+# plumbing
+# ---------------------------------------------------------------------------
+
+
+def _new_figure(width_in: float, height_in: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width_in, height_in), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)  # attaches itself to fig: savefig renders with Agg
+    return fig
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI)
+    return out
+
+
+def _to_matrix(matrix: Any) -> np.ndarray:
+    """A float numpy copy of a numpy array, torch tensor or nested list."""
+    if hasattr(matrix, "detach"):  # torch.Tensor, without importing torch here
+        matrix = matrix.detach().cpu().numpy()
+    return np.array(matrix, dtype=np.float64)
+
+
+def tick_positions(n: int) -> list[int]:
+    """Tick indices for an axis of ``n`` layers or heads: all of them up to 32, else every k-th."""
+    if n <= _MAX_LABELLED_TICKS:
+        return list(range(n))
+    step = math.ceil(n / _MAX_LABELLED_TICKS)
+    return list(range(0, n, step))
+
+
+# ---------------------------------------------------------------------------
+# head heatmap
+# ---------------------------------------------------------------------------
+
+
+def head_heatmap(
+    matrix: Any,
+    path: str | Path,
+    *,
+    title: str,
+    cbar_label: str,
+    counts: str | None = None,
+    cmap: str | None = None,
+    center: bool = False,
+) -> Path:
+    """Draw a ``[layers, heads]`` score matrix as a heatmap.
+
+    Layer 0 is at the *bottom* (depth grows upward, as in a model diagram) and the y
+    axis says so. ``counts`` is a subtitle naming what the scores average over, e.g.
+    ``"n = 37 correct questions"``. ``center=True`` is for signed matrices: a diverging
+    colour map with limits ±max|score|, so 0 is the neutral middle colour. NaN entries
+    (heads not searched) are drawn grey.
+    """
+    m = _to_matrix(matrix)
+    if m.ndim != 2:
+        raise ValueError(f"head_heatmap needs a 2-D [layers, heads] matrix, got shape {m.shape}")
+    if m.size == 0:
+        raise ValueError(f"head_heatmap needs at least one layer and one head, got shape {m.shape}")
+    import matplotlib as mpl
+
+    layers, heads = m.shape
+    colours = mpl.colormaps[cmap or ("RdBu_r" if center else "viridis")].with_extremes(bad="#d9d9d9")
+    finite = m[np.isfinite(m)]
+    if center:
+        bound = float(np.abs(finite).max()) if finite.size else 0.0
+        bound = bound if bound > 0 else 1.0  # an all-zero matrix still needs a range
+        vmin, vmax = -bound, bound
+    else:
+        vmin = float(finite.min()) if finite.size else 0.0
+        vmax = float(finite.max()) if finite.size else 1.0
+
+    fig = _new_figure(float(np.clip(3.0 + 0.3 * heads, 5.0, 16.0)), float(np.clip(2.0 + 0.25 * layers, 3.5, 12.0)))
+    ax = fig.add_subplot()
+    image = ax.imshow(
+        np.ma.masked_invalid(m), cmap=colours, vmin=vmin, vmax=vmax, origin="lower", aspect="auto",
+        interpolation="nearest",
+    )
+    small = {"fontsize": 7} if max(layers, heads) > 16 else {}
+    ax.set_xticks(tick_positions(heads))
+    ax.set_xticklabels([str(i) for i in tick_positions(heads)], **small)
+    ax.set_yticks(tick_positions(layers))
+    ax.set_yticklabels([str(i) for i in tick_positions(layers)], **small)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer (0 = bottom)")
+    fig.suptitle(title)
+    if counts:
+        ax.set_title(counts, fontsize=9, color="#444444")
+    fig.colorbar(image, ax=ax, label=cbar_label)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------
+# ablation bars
+# ---------------------------------------------------------------------------
+
+
+def _bar(name: str, value: Any, metric: str) -> tuple[float, float | None, int]:
+    """(height, error bar or None, number of draws) for one group of ``results``.
+
+    A number is one measurement; a sequence is several draws (random heads), drawn as
+    mean ± 1 std; a mapping holds ``metric`` (either form) and optionally
+    ``<metric>_std`` for a precomputed spread.
+    """
+    if isinstance(value, Mapping):
+        if metric not in value:
+            raise ValueError(f"ablation result {name!r} has no {metric!r}; it has {sorted(value)}")
+        height, err, n = _bar(name, value[metric], metric)
+        std = value.get(f"{metric}_std")
+        return height, (float(std) if std is not None else err), n
+    if isinstance(value, (int, float, np.number)):
+        return float(value), None, 1
+    draws = np.asarray(list(value), dtype=np.float64)
+    if draws.size == 0:
+        raise ValueError(f"ablation result {name!r} has no values")
+    spread = float(draws.std(ddof=1)) if draws.size > 1 else 0.0
+    return float(draws.mean()), spread, int(draws.size)
+
+
+def ablation_bar_chart(
+    results: Mapping[str, Any],
+    path: str | Path,
+    *,
+    metric: str = "accuracy_drop",
+    title: str | None = None,
+) -> Path:
+    """Bars of ``metric`` for ablating the positive, negative and random heads.
+
+    ``results`` maps a group name to a number, a list of numbers (one per random draw;
+    drawn as mean with a ±1 std error bar) or a dict holding ``metric`` (and optionally
+    ``<metric>_std``). Groups ``positive``, ``negative``, ``random`` come first.
+    """
+    if not results:
+        raise ValueError("ablation_bar_chart: no results to draw")
+    names = [g for g in _GROUP_ORDER if g in results] + [g for g in results if g not in _GROUP_ORDER]
+    bars = [_bar(g, results[g], metric) for g in names]
+    label = metric.replace("_", " ")
+
+    fig = _new_figure(max(4.5, 1.4 * len(names) + 2.0), 4.0)
+    ax = fig.add_subplot()
+    heights = [b[0] for b in bars]
+    ax.bar(
+        range(len(names)), heights,
+        color=[_GROUP_COLOURS.get(g, _OTHER_COLOUR) for g in names], edgecolor="black", linewidth=0.6,
+    )
+    # Error bars only where there is a spread; a zero-length cap on a single
+    # measurement would suggest a certainty that was never measured.
+    with_err = [i for i, b in enumerate(bars) if b[1] is not None]
+    if with_err:
+        ax.errorbar(with_err, [heights[i] for i in with_err], yerr=[bars[i][1] for i in with_err],
+                    fmt="none", ecolor="black", capsize=6, linewidth=1.2)
+    for i, (height, err, _) in enumerate(bars):
+        # Label beyond the end of the error bar so the two never overlap.
+        reach = height + (err or 0.0) if height >= 0 else height - (err or 0.0)
+        ax.annotate(f"{height:.3f}", (i, reach), xytext=(0, 3 if height >= 0 else -3), textcoords="offset points",
+                    ha="center", va="bottom" if height >= 0 else "top", fontsize=8)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([f"{g}\n(mean ± std, {n} draws)" if n > 1 else g for g, (_, _, n) in zip(names, bars)])
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel("ablated heads")
+    ax.set_ylabel(label)
+    ax.margins(y=0.15)  # room for the value labels above the bars
+    fig.suptitle(title or f"Head ablation: {label}")
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------
+# λ curve
+# ---------------------------------------------------------------------------
+
+
+def lambda_curve(
+    table: Iterable[tuple[float, float]] | Any,
+    path: str | Path,
+    *,
+    best: float | None = None,
+    title: str = "Validation accuracy vs λ",
+) -> Path:
+    """Validation accuracy against λ, with the chosen λ starred and λ = 0 as a reference line.
+
+    ``table`` is ``(λ, accuracy)`` pairs or a :class:`~vseam_run.modulate.LambdaChoice`
+    (whose ``best`` is then used unless ``best`` is given).
+    """
+    if hasattr(table, "table") and hasattr(table, "best"):
+        best = table.best if best is None else best
+        table = table.table
+    points = sorted((float(lam), float(acc)) for lam, acc in table)
+    if not points:
+        raise ValueError("lambda_curve: the table is empty")
+    lams = [p[0] for p in points]
+    accs = [p[1] for p in points]
+
+    fig = _new_figure(6.0, 4.0)
+    ax = fig.add_subplot()
+    ax.plot(lams, accs, "o-", color="#2c7bb6", label="validation accuracy")
+    zero = [acc for lam, acc in points if lam == 0.0]
+    if zero:
+        ax.axhline(zero[0], color="#999999", linestyle="--", linewidth=1, label="λ = 0 (no modulation)")
+    if best is not None:
+        chosen = [acc for lam, acc in points if lam == best]
+        if chosen:
+            ax.plot([best], chosen, marker="*", markersize=16, color="#d7191c", linestyle="none",
+                    label=f"chosen λ = {best:g}")
+    ax.set_xlabel("λ (modulation strength)")
+    ax.set_ylabel("validation accuracy")
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------
+# tables
+# ---------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> Text:
+    """Format one table cell; Text (not a str) so names like '[left]' are not read as markup."""
+    if value is None:
+        return Text("–")
+    if isinstance(value, CI):
+        return Text(f"[{value.low:+.3f}, {value.high:+.3f}]")
+    if isinstance(value, (bool, np.bool_)):
+        return Text("yes" if value else "no")
+    if isinstance(value, (int, np.integer)):
+        return Text(str(int(value)))
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if math.isnan(v):
+            return Text("nan")
+        # p-values and tiny effects would print as 0.000; show their magnitude instead.
+        return Text(f"{v:.1e}" if v != 0 and abs(v) < 1e-3 else f"{v:.3f}")
+    return Text(str(value))
+
+
+def _is_numeric(value: Any) -> bool:
+    return isinstance(value, (int, float, np.number, CI)) and not isinstance(value, bool)
+
+
+def summary_table(
+    rows: Sequence[Mapping[str, Any]],
+    title: str,
+    *,
+    columns: Sequence[str] | None = None,
+    emphasize: Iterable[int] = (),
+) -> Table:
+    """A rich table of ``rows`` (dicts of column → value), numbers right-aligned.
+
+    Columns are ``columns`` or every key in first-seen order; a missing value shows as
+    '–'. Floats print with 3 decimals (tiny ones in scientific notation), CIs as
+    ``[low, high]``. Rows whose index is in ``emphasize`` are bold (e.g. the overall row).
+    """
+    cols = list(columns) if columns is not None else list(dict.fromkeys(k for row in rows for k in row))
+    table = Table(title=title, title_justify="left")
+    for col in cols:
+        numeric = any(_is_numeric(row.get(col)) for row in rows)
+        table.add_column(col, justify="right" if numeric else "left")
+    bold = set(emphasize)
+    for i, row in enumerate(rows):
+        table.add_row(*(_cell(row.get(col)) for col in cols), style="bold" if i in bold else None)
+    return table
+
+
+def comparison_rows(comparison: ArmComparison, *, context: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Rows of baseline vs modulated: one per category, then an ``all`` row.
+
+    ``context`` columns (e.g. ``{"dataset": "gqa"}``) are put first, so rows of several
+    comparisons can share one table.
+    """
+    ci_col = f"{100 * (1 - comparison.alpha):g}% CI"
+    lead = dict(context or {})
+
+    def row(name: str, n: int, base: float, mod: float, ci: CI, p: float) -> dict[str, Any]:
+        return {**lead, "category": name, "n": n, "baseline": base, "modulated": mod, "Δ": mod - base,
+                ci_col: ci, "McNemar p": p}
+
+    rows = [
+        row(name, c.n, c.accuracy_baseline, c.accuracy_modulated, c.diff_ci, c.mcnemar_p)
+        for name, c in comparison.categories.items()
+    ]
+    rows.append(row("all", comparison.n, comparison.accuracy_baseline, comparison.accuracy_modulated,
+                    comparison.diff_ci, comparison.mcnemar_p))
+    return rows
+
+
+def comparison_table(comparison: ArmComparison, title: str = "Accuracy: baseline vs modulated") -> Table:
+    """The end-of-run table: accuracy per category and overall, with the paired CI and McNemar p."""
+    rows = comparison_rows(comparison)
+    return summary_table(rows, title, emphasize=[len(rows) - 1])
