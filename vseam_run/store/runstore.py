@@ -407,7 +407,9 @@ class RunStore:
             )
         with self._tx() as session:
             self._run(session, run_id)
-            session.execute(delete(QuestionResult).where(QuestionResult.run_id == run_id, QuestionResult.stage == stage))
+            session.execute(
+                delete(QuestionResult).where(QuestionResult.run_id == run_id, QuestionResult.stage == stage)
+            )
             if records:
                 session.execute(QuestionResult.__table__.insert(), records)
 

@@ -1,0 +1,122 @@
+"""`vseam show RUN`: one run's record — spec, environment, metrics, artifacts, error."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Annotated
+
+import typer
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from vseam_run.cli.common import DEFAULT_DB, DbOption, JsonOption, console, print_json
+from vseam_run.cli.runs import format_time, format_value, open_registry, run_duration, status_text
+from vseam_run.store import RunRecord, StageCount
+from vseam_run.store.views import run_json
+
+RunArgument = Annotated[str, typer.Argument(help="A run id, a unique prefix of one, or 'latest'.")]
+
+
+def show(run: RunArgument, db: DbOption = DEFAULT_DB, json_: JsonOption = False) -> None:
+    """Show one run: what ran (spec, model, versions), how it ended, and what it measured.
+
+    Examples:
+
+        vseam show latest
+
+        vseam show 20261126-2115
+
+        vseam show latest --json | jq '.metrics["baseline.accuracy"]'
+    """
+    with open_registry(db) as store:
+        record = store.get_run(store.resolve(run))
+        documents = store.documents(record.id)
+        stages = store.question_stages(record.id)
+    if json_:
+        counts = {stage: c._asdict() for stage, c in stages.items()}
+        print_json(run_json(record, documents, counts))
+        return
+    out = console()
+    out.print(_header(record))
+    if record.metrics:
+        out.print(_metrics_table(record))
+    if stages:
+        out.print(_stages_table(stages))
+    if record.artifacts:
+        out.print(_artifacts_table(record))
+    if documents:
+        keys = ", ".join(documents)
+        out.print(f"[bold]documents:[/] {keys} [dim](in --json, each under its own key)[/]")
+    if record.error_message or record.error_traceback:
+        out.print(
+            Panel(
+                Text(record.error_message or "(no message)", style="red"),
+                title="error",
+                title_align="left",
+                border_style="red",
+                subtitle=f"traceback: vseam show {record.id} --json",
+                subtitle_align="left",
+            )
+        )
+
+
+def _header(run: RunRecord) -> Panel:
+    """Identity and environment of the run, as a borderless two-column grid in a panel."""
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column()
+    grid.add_row("status", status_text(run.status))
+    grid.add_row("model", f"{run.model_name or '—'}" + (f"  [dim]{run.model_hash[:12]}[/]" if run.model_hash else ""))
+    grid.add_row("device", run.device or "—")
+    grid.add_row("seed", "—" if run.seed is None else str(run.seed))
+    grid.add_row("created", format_time(run.created_at) + " UTC")
+    grid.add_row("finished", format_time(run.finished_at) + (" UTC" if run.finished_at else ""))
+    grid.add_row("duration", run_duration(run))
+    grid.add_row("spec hash", run.spec_hash[:16] or "—")
+    if run.resume_count:
+        grid.add_row("resumed", f"{run.resume_count}×")
+    if run.resumed_from:
+        grid.add_row("resumed from", run.resumed_from)
+    if run.versions:
+        grid.add_row("versions", ", ".join(f"{k} {v}" for k, v in sorted(run.versions.items())))
+    return Panel(grid, title=f"[bold]{run.name}[/]  [cyan]{run.id}[/]", title_align="left")
+
+
+def _metrics_table(run: RunRecord) -> Table:
+    """Metrics grouped by their first dotted component (baseline, eval, search, ...)."""
+    groups: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for name in sorted(run.metrics):
+        prefix, _, rest = name.partition(".")
+        groups[prefix].append((rest or prefix, format_value(run.metric(name))))
+    table = Table(title="metrics", title_justify="left", header_style="bold")
+    table.add_column("group", style="cyan")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for i, (prefix, rows) in enumerate(groups.items()):
+        if i:
+            table.add_section()
+        for j, (rest, value) in enumerate(rows):
+            table.add_row(prefix if j == 0 else "", rest, value)
+    return table
+
+
+def _stages_table(stages: dict[str, StageCount]) -> Table:
+    table = Table(title="per-question results", title_justify="left", header_style="bold")
+    table.add_column("stage")
+    table.add_column("questions", justify="right")
+    table.add_column("correct", justify="right")
+    for stage, count in stages.items():
+        share = f" ({count.correct / count.questions:.1%})" if count.questions else ""
+        table.add_row(stage, str(count.questions), f"{count.correct}{share}")
+    return table
+
+
+def _artifacts_table(run: RunRecord) -> Table:
+    table = Table(title="artifacts", title_justify="left", header_style="bold")
+    table.add_column("kind")
+    table.add_column("path", overflow="fold")
+    table.add_column("sha256", style="dim", no_wrap=True)
+    for a in run.artifacts:
+        table.add_row(a.kind, a.path, a.sha256[:12])
+    return table
