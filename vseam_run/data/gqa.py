@@ -86,18 +86,15 @@ def read_json(path: Path) -> Any:
 def read_gqa(path: Path, images: Path, *, level: Level | None = None, extra_keys: Iterable[str] = ()) -> GqaParse:
     """Questions of a GQA file, in file order.
 
-    With `level`, records of another level are left out, and records without
-    `types.semantic` are taken to be of that level. `extra_keys` are record fields copied
-    into `Question.extra` as they are (the toy world keeps its `target` this way).
+    Records without a usable `types.semantic` are taken to be of `level` (when given);
+    filtering by level is left to the caller. `extra_keys` are record fields copied into
+    `Question.extra` as they are (the toy world keeps its `target` this way).
     """
     out = GqaParse()
     resolve = _ImageResolver(images)
     keys = tuple(extra_keys)
     for qid, rec in _records(path, read_json(path)):
-        rec_level = SEMANTIC_LEVEL.get(str((rec.get("types") or {}).get("semantic")))
-        if level is not None and rec_level is not None and rec_level != level:
-            continue
-        rec_level = rec_level or level
+        rec_level = SEMANTIC_LEVEL.get(str((rec.get("types") or {}).get("semantic"))) or level
         if rec_level is None:
             semantic = (rec.get("types") or {}).get("semantic")
             out.skipped.append((qid, f"types.semantic {semantic!r} is not obj, attr or rel; set data.level to use it"))

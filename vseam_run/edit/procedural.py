@@ -75,7 +75,7 @@ def procedural_edit(q: Question, out_dir: Path) -> EditResult:
     fingerprint of the scene and target, so a cached edit is reused only for the same input).
     """
     scene, target = _scene_and_target(q)
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", q.qid)
+    stem = _file_stem(q.qid)
     meta_path = out_dir / f"{stem}.json"
     fingerprint = _fingerprint(q, target)
     cached = _cached(meta_path, fingerprint)
@@ -166,6 +166,12 @@ def _bbox(mask: np.ndarray) -> Box:
     if len(xs) == 0:  # an answer that changed with no pixel changing is a bug
         raise RuntimeError("edit changed no pixels")
     return Box(float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1))
+
+
+def _file_stem(qid: str) -> str:
+    """A file-name-safe form of the id; a hash keeps two ids that sanitise alike apart."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", qid)
+    return stem if stem == qid else f"{stem}-{hashlib.sha256(qid.encode()).hexdigest()[:8]}"
 
 
 def _rng(qid: str) -> random.Random:

@@ -22,6 +22,8 @@ from vseam_run.data.toyworld.world import (
     Scene,
     ToyObject,
     layout_ok,
+    spatial_holds,
+    spatial_margin,
 )
 
 
@@ -91,20 +93,32 @@ def _edit_spatial(scene: Scene, t: Target) -> SceneEdit | None:
     def flipped(s: Scene) -> bool:
         return answer(s, t) == goal and layout_ok(s.objects, s.width)
 
-    for mover, partner in ((a, b), (b, a)):
-        moved = _move(scene, mover, partner, current, flipped)
+    # Moving the subject, it must end up `flipped_rel` of the object; moving the object,
+    # the subject's relation to it flips exactly when it ends up `current` of the subject.
+    flipped_rel = SPATIAL_CONVERSE[current]
+    for mover, partner, rel in ((a, b, flipped_rel), (b, a, current)):
+        moved = _move(scene, mover, partner, rel, flipped)
         if moved is not None:
             return SceneEdit(moved, text)
     swapped = _swap(scene, a, b)
     return SceneEdit(swapped, text) if flipped(swapped) else None
 
 
-def _move(scene: Scene, mover: str, partner: str, relation: str, ok: Callable[[Scene], bool]) -> Scene | None:
-    """`scene` with `mover` at the valid spot nearest its mirror image across `partner`, or None."""
+def _move(scene: Scene, mover: str, partner: str, goal: str, ok: Callable[[Scene], bool]) -> Scene | None:
+    """`scene` with `mover` moved to end up `goal` of `partner`, or None if there is no room.
+
+    Spots are tried nearest first to the mover's mirror image across the partner; the cheap
+    relation test prunes the grid before the full layout check.
+    """
     a, b = scene.obj(mover), scene.obj(partner)
-    tx, ty = _mirror(a, b, relation)
-    size = scene.width
-    spots = [(x, y) for y in range(size - a.h + 1) for x in range(size - a.w + 1)]
+    tx, ty = _mirror(a, b, goal)
+    margin = spatial_margin(scene.width)
+    spots = [
+        (x, y)
+        for y in range(scene.height - a.h + 1)
+        for x in range(scene.width - a.w + 1)
+        if spatial_holds(ToyObject(a.oid, a.kind, a.color, a.material, x, y, a.w, a.h), b, goal, margin)
+    ]
     spots.sort(key=lambda p: ((p[0] - tx) ** 2 + (p[1] - ty) ** 2, p[1], p[0]))
     for x, y in spots:
         moved = scene.with_object(replace(a, x=x, y=y))

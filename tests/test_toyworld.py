@@ -1,0 +1,123 @@
+"""The toy world: determinism, balance, vocabulary, GQA round trip, caching, fast sampling."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vseam_run.data import load_questions
+from vseam_run.data.toyworld import (
+    CATEGORIES,
+    COLORS,
+    KINDS,
+    ToyWorldParams,
+    answer,
+    answer_vocabulary,
+    export_toyworld,
+    generate,
+    sample_examples,
+    scene_from_dict,
+    scene_to_dict,
+    vocabulary,
+    words,
+)
+from vseam_run.data.toyworld.counterfactual import has_counterfactual
+from vseam_run.data.toyworld.render import shape_masks
+from vseam_run.data.toyworld.world import layout_ok
+from vseam_run.errors import VseamError
+
+SMALL = ToyWorldParams(seed=3, images=40)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_deterministic_per_seed(tmp_path: Path) -> None:
+    export_toyworld(SMALL, tmp_path / "a")
+    export_toyworld(SMALL, tmp_path / "b")
+    export_toyworld(ToyWorldParams(seed=4, images=40), tmp_path / "c")
+    a, b, c = _files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")
+    assert a == b  # every image byte and every question identical
+    assert a["questions.json"] != c["questions.json"]
+    assert a["images/toy3-00000.png"] != c["images/toy4-00000.png"]
+
+
+def test_balance_and_single_word_answers() -> None:
+    qs = generate(ToyWorldParams(seed=1, images=200)).questions
+    counts = Counter((q.category, q.answer) for q in qs)
+    assert {q.category for q in qs} == set(CATEGORIES)
+    for cat in CATEGORIES:
+        if cat != "color":
+            assert counts[cat, "yes"] == counts[cat, "no"] > 10, cat
+    colors = [counts["color", c] for c in COLORS]
+    assert min(colors) > 0 and max(colors) - min(colors) <= 1  # spread evenly
+    vocab = set(vocabulary())
+    for q in qs:
+        assert q.answer in answer_vocabulary() and len(q.answer.split()) == 1
+        assert set(words(q.question)) <= vocab, q.question
+
+
+def test_scenes_are_valid_and_answers_follow_the_scene() -> None:
+    toy = generate(SMALL)
+    for s in toy.scenes.values():
+        assert 2 <= len(s.objects) <= 3 and len({o.kind for o in s.objects}) == len(s.objects)
+        assert layout_ok(s.objects, s.width)
+        assert scene_from_dict(scene_to_dict(s)) == s
+    for q in toy.questions:
+        assert answer(q.scene, q.target) == q.answer and has_counterfactual(q.scene, q.target)
+
+
+def test_kinds_have_distinct_silhouettes() -> None:
+    for size in (10, 12, 14):
+        masks = {k: shape_masks(k, size, size)[0] for k in KINDS}
+        for i, a in enumerate(KINDS):
+            for b in KINDS[i + 1 :]:
+                assert (masks[a] != masks[b]).sum() >= size, (a, b, size)
+
+
+def test_round_trip_through_gqa_loader(tmp_path: Path) -> None:
+    path = export_toyworld(SMALL, tmp_path)
+    loaded = load_questions("gqa", path, tmp_path / "images").questions
+    expected = generate(SMALL).questions
+    got = [(q.qid, q.question, q.answer, q.category, q.level, q.image_id) for q in loaded]
+    assert got == [(q.qid, q.question, q.answer, q.category, q.level, q.image_id) for q in expected]
+    assert all(q.image_path.suffix == ".png" for q in loaded)
+
+
+def test_toyworld_source_generates_once_into_cache(tmp_path: Path) -> None:
+    res = load_questions("toyworld", None, None, toyworld=SMALL, cache_dir=tmp_path)
+    (folder,) = list(tmp_path.iterdir())  # no temporary folder left behind
+    assert folder.name.startswith("toyworld-")
+    stamp = (folder / "questions.json").stat().st_mtime_ns
+    again = load_questions("toyworld", None, None, toyworld=SMALL, cache_dir=tmp_path, categories=["spatial"], limit=5)
+    assert (folder / "questions.json").stat().st_mtime_ns == stamp
+    assert len(again.questions) == 5 and {q.category for q in again.questions} == {"spatial"}
+    q = next(q for q in res.questions if q.category == "color")
+    scene = scene_from_dict(q.extra["scene"])
+    assert q.image_id in {p.stem for p in (folder / "images").iterdir()}
+    (obj,) = [o for o in scene.objects if o.oid == q.extra["target"]["subject"]]
+    assert q.objects == [obj.kind] and (q.boxes[0].x, q.boxes[0].y) == (obj.x, obj.y)
+
+
+def test_toyworld_rejects_paths(tmp_path: Path) -> None:
+    with pytest.raises(VseamError, match="not used with source toyworld"):
+        load_questions("toyworld", tmp_path / "q.json", None, toyworld=SMALL, cache_dir=tmp_path)
+
+
+def test_sample_examples_fast_and_varied() -> None:
+    start = time.perf_counter()
+    ex = sample_examples(random.Random(0), 300)
+    per_item = (time.perf_counter() - start) / 300
+    assert per_item < 0.01  # typically ~0.5 ms; generous for a busy CI machine
+    assert [e.question for e in sample_examples(7, 20)] == [e.question for e in sample_examples(7, 20)]
+    assert {e.category for e in ex} == set(CATEGORIES)
+    assert ex[0].image.size == (32, 32) and sample_examples(1, 1, image_size=48)[0].image.size == (48, 48)
+    for e in ex[:50]:
+        assert answer(e.scene, e.target) == e.answer
+        assert np.asarray(e.image).dtype == np.uint8
