@@ -41,7 +41,7 @@ class ToyWorldSpec(_Strict):
 
     seed: int | None = Field(None, description="World seed; defaults to the spec's seed.")
     images: int = Field(300, ge=4, description="Number of scenes to generate (a few questions each).")
-    image_size: int = Field(32, ge=16, description="Scene size in pixels; must match the toy model.")
+    image_size: int = Field(32, ge=24, description="Scene size in pixels; must match the toy model.")
 
 
 class DataSpec(_Strict):
@@ -118,8 +118,9 @@ class LinearPolicy(_Strict):
     @field_validator("clip")
     @classmethod
     def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if v[0] > v[1]:
-            raise ValueError(f"clip lo ({v[0]}) must be ≤ hi ({v[1]})")
+        if not v[0] <= 1.0 <= v[1]:
+            # 1 must be reachable, or λ = 0 would not mean "leave the heads alone".
+            raise ValueError(f"clip must satisfy lo ≤ 1 ≤ hi (got [{v[0]}, {v[1]}])")
         return v
 
 
@@ -252,39 +253,44 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
     return data
 
 
-def _semantic_checks(spec: Spec, base_dir: Path) -> list[str]:
-    """Checks pydantic cannot do alone: the model exists, data files exist."""
+def _semantic_checks(spec: Spec) -> list[str]:
+    """Checks pydantic cannot do alone. Files, weights and devices are checked when a run
+    starts (pipeline.preflight), so a spec for another machine still validates here."""
     from vseam_run import registry
 
-    errors = []
     try:
         registry.get_entry(spec.model)
     except VseamError as e:
-        errors.append(f"model: {e.message}")
+        return [f"model: {e.message}"]
+    return []
+
+
+def data_file_problems(spec: Spec) -> list[str]:
+    """Missing question files / image folders, as `field: message` lines."""
     datasets: list[tuple[str, Any]] = [("data", spec.data)]
     if spec.evaluate:
         datasets += [(f"evaluate.extra.{i}", d) for i, d in enumerate(spec.evaluate.extra)]
+    errors = []
     for prefix, d in datasets:
-        if d.source != "toyworld":
-            if d.path is None:
-                errors.append(f"{prefix}.path: source '{d.source}' needs a question file")
-            elif not d.path.exists():
-                errors.append(f"{prefix}.path: file not found: {d.path}")
-            if d.images is not None and not d.images.is_dir():
-                errors.append(f"{prefix}.images: folder not found: {d.images}")
+        if d.source == "toyworld":
+            continue
+        if d.path is None or not Path(d.path).exists():
+            errors.append(f"{prefix}.path: question file not found: {d.path} (download the dataset and point data.path at it)")
+        if d.images is not None and not Path(d.images).is_dir():
+            errors.append(f"{prefix}.images: image folder not found: {d.images}")
     return errors
 
 
-def load_spec(path: Path, overrides: list[str] | None = None, *, check_files: bool = True) -> Spec:
+def load_spec(path: Path, overrides: list[str] | None = None) -> Spec:
     """Read, override and validate a spec file. Raises SpecError listing every problem at once.
 
     Relative data paths are taken relative to the current directory (where `vseam run` is called).
     """
     doc = load_yaml(path)
-    return validate_doc(doc, str(path), overrides or [], check_files=check_files)
+    return validate_doc(doc, str(path), overrides or [])
 
 
-def validate_doc(doc: LoadedYaml, source: str, overrides: list[str], *, check_files: bool = True) -> Spec:
+def validate_doc(doc: LoadedYaml, source: str, overrides: list[str]) -> Spec:
     if not isinstance(doc.data, dict):
         raise SpecError(source, ["(top level): a spec must be a mapping of sections (name, model, data, ...)"])
     data = apply_overrides(doc.data, overrides, source)
@@ -292,7 +298,7 @@ def validate_doc(doc: LoadedYaml, source: str, overrides: list[str], *, check_fi
         spec = Spec.model_validate(data)
     except ValidationError as e:
         raise SpecError(source, format_validation_error(e, doc, Spec)) from None
-    errors = _semantic_checks(spec, Path(source).parent) if check_files else []
+    errors = _semantic_checks(spec)
     if errors:
         raise SpecError(source, errors)
     return spec

@@ -262,6 +262,25 @@ class VLM:
             setattr(self.decoder, self._layers_attr, full)
 
     @torch.no_grad()
+    def next_hidden(self, prep: Prepared, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        """The hidden state entering layer+1, given the one entering `layer` (runs one layer only)."""
+        if layer + 1 >= self.num_layers:
+            raise ValueError("no layer after the last one")
+
+        def grab(_m, args, kwargs):
+            raise _Captured((args[0] if args else kwargs["hidden_states"]).detach())
+
+        handle = self.layers[layer + 1].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            with self._layers_from(layer):
+                self.decoder(inputs_embeds=hidden, attention_mask=prep.attention_mask, position_ids=prep.position_ids, use_cache=False)
+        except _Captured as c:
+            return c.value
+        finally:
+            handle.remove()
+        raise RuntimeError("layer+1 was not reached")  # pragma: no cover
+
+    @torch.no_grad()
     def layer_inputs(self, prep: Prepared) -> tuple[list[torch.Tensor], torch.Tensor]:
         """The hidden state entering every layer, and the last-position logits, from one pass."""
         captured: list[torch.Tensor] = [None] * self.num_layers  # type: ignore[list-item]

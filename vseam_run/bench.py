@@ -1,0 +1,130 @@
+"""Head-search benchmark: all four strategies on one random-weight LLaVA-architecture model.
+
+Timings and agreement are measured in one process on the same questions. Half the gold
+answers are the model's own argmax (so some questions count as correct and positive heads
+exist) and half are random tokens (wrong answers, for negative heads).
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from vseam_run.registry import load_entry_file
+from vseam_run.search import STRATEGIES, SearchItem, search_heads
+from vseam_run.vlm import VLM
+from vseam_run.zoo.build import TinyVLMConfig, save, tiny_llava
+
+LLAVA_MODULES = dict(
+    decoder="model.language_model", layers="model.language_model.layers",
+    final_norm="model.language_model.norm", lm_head="lm_head",
+)
+
+
+@dataclass
+class BenchModel:
+    layers: int = 8
+    heads: int = 8
+    hidden: int = 256
+    image_tokens: int = 64
+    text_tokens: int = 20
+    questions: int = 16
+    seed: int = 0
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties)."""
+
+    def ranks(x: np.ndarray) -> np.ndarray:
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        for v in np.unique(x):  # average tied ranks
+            idx = x == v
+            if idx.sum() > 1:
+                r[idx] = r[idx].mean()
+        return r
+
+    ra, rb = ranks(np.ravel(a)), ranks(np.ravel(b))
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def recall(found: list, truth: list) -> float:
+    """Share of the true top list (layer, head) that the other list also contains."""
+    t = {(l, h) for l, h, _ in truth}
+    if not t:
+        return float("nan")
+    return len(t & {(l, h) for l, h, _ in found}) / len(t)
+
+
+def build_bench_vlm(cfg: BenchModel, folder: Path) -> VLM:
+    """Save a random LLaVA-architecture model and load it back through a registry entry."""
+    side = int(round(cfg.image_tokens ** 0.5))
+    patch = 4
+    words = [f"w{i}" for i in range(200)]
+    model_cfg = TinyVLMConfig(
+        image_size=side * patch, patch_size=patch, vision_hidden=64, vision_layers=2, vision_heads=4,
+        text_hidden=cfg.hidden, text_layers=cfg.layers, text_heads=cfg.heads, text_intermediate=cfg.hidden * 2, seed=cfg.seed,
+    )
+    model, processor = tiny_llava(words, model_cfg)
+    save(model, processor, folder / "ckpt")
+    entry = dict(name="bench-llava", path="ckpt", model_class="LlavaForConditionalGeneration", dtype="float32",
+                 prompt="<image> {question}", modules=LLAVA_MODULES)
+    (folder / "bench.yaml").write_text(yaml.safe_dump(entry))
+    return VLM.load(load_entry_file(folder / "bench.yaml"), torch.device("cpu"), torch.float32)
+
+
+def bench_items(vlm: VLM, cfg: BenchModel) -> list[SearchItem]:
+    rng = random.Random(cfg.seed)
+    nprng = np.random.default_rng(cfg.seed)
+    size = vlm.processor.image_processor.crop_size["height"]
+    items = []
+    for i in range(cfg.questions):
+        img = Image.fromarray(nprng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+        words = " ".join(f"w{rng.randrange(200)}" for _ in range(cfg.text_tokens - 1))
+        items.append(SearchItem(str(i), img, words, 0))
+    # Gold: the model's own answer for even questions (correct), a random token for odd ones.
+    for it in items:
+        prep = vlm.prepare(vlm.encode([it.image], [it.question]))
+        with torch.no_grad():
+            top = int(vlm.last_logits(prep).argmax(-1))
+        it.gold_id = top if int(it.qid) % 2 == 0 else (top + 1 + rng.randrange(len(vlm.tokenizer) - 1)) % len(vlm.tokenizer)
+    return items
+
+
+def run_bench(cfg: BenchModel, strategies=STRATEGIES, top_k: int = 10, batch_rows: int = 64, threads: int | None = None) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        vlm = build_bench_vlm(cfg, Path(tmp))
+        items = bench_items(vlm, cfg)
+        results = {}
+        for s in strategies:
+            t0 = time.perf_counter()
+            results[s] = search_heads(vlm, items, strategy=s, scoring="subset", ablation="mean", top_k=top_k,
+                                      batch_size=cfg.questions, batch_rows=batch_rows)
+            results[s].seconds = time.perf_counter() - t0
+    ref, exact = results.get("reference"), results.get("exact")
+    rows = []
+    for s, r in results.items():
+        row = {"name": s, "seconds": round(r.seconds, 4)}
+        row["speedup_vs_reference"] = round(ref.seconds / r.seconds, 2) if ref else None
+        row["max_abs_diff_vs_reference"] = float(np.abs(r.effects - ref.effects).max()) if ref else None
+        if exact:
+            row["spearman_vs_exact"] = round(spearman(r.matrices.signed, exact.matrices.signed), 4)
+            row["recall_top10_positive"] = recall(r.matrices.top_positive[:10], exact.matrices.top_positive[:10])
+            row["recall_top10_negative"] = recall(r.matrices.top_negative[:10], exact.matrices.top_negative[:10])
+        rows.append(row)
+    return {"model": {**asdict(cfg), "architecture": "LlavaForConditionalGeneration (random weights)",
+                      "threads": torch.get_num_threads(), "device": "cpu"},
+            "strategies": rows}

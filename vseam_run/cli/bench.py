@@ -1,0 +1,68 @@
+"""`vseam bench search`: time the head-search strategies against the reference."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from vseam_run.cli.common import JsonOption, console, print_json
+
+app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
+
+
+@app.command("search")
+def search(
+    layers: Annotated[int, typer.Option(help="Language-model layers.")] = 8,
+    heads: Annotated[int, typer.Option(help="Attention heads per layer.")] = 8,
+    hidden: Annotated[int, typer.Option(help="Hidden size.")] = 256,
+    questions: Annotated[int, typer.Option(help="Questions searched on.")] = 16,
+    image_tokens: Annotated[int, typer.Option(help="Image tokens (a square number).")] = 64,
+    text_tokens: Annotated[int, typer.Option(help="Question tokens.")] = 20,
+    scaling: Annotated[bool, typer.Option("--scaling/--no-scaling", help="Also time 4×4, 8×8 and 16×16 heads.")] = True,
+    json_: JsonOption = False,
+) -> None:
+    """Time reference, exact, attribution and attribution+verify on one random LLaVA-architecture model.
+
+    Examples:
+
+      vseam bench search
+
+      vseam bench search --json --no-scaling
+
+      vseam bench search --layers 16 --heads 16 --questions 8
+    """
+    import os
+
+    os.environ.setdefault("VSEAM_QUIET", "1")
+    from vseam_run.bench import BenchModel, run_bench
+
+    main = run_bench(BenchModel(layers, heads, hidden, image_tokens, text_tokens, questions))
+    if scaling:
+        main["scaling"] = []
+        for n in (4, 8, 16):
+            r = run_bench(BenchModel(n, n, max(hidden, n * 16), image_tokens, text_tokens, max(4, questions // 2)))
+            main["scaling"].append({"layers": n, "heads": n, **{s["name"]: s["speedup_vs_reference"] for s in r["strategies"]},
+                                    "reference_seconds": r["strategies"][0]["seconds"]})
+    if json_:
+        print_json(main)
+        return
+    c = console()
+    m = main["model"]
+    t = Table(title=f"head search, {m['layers']}×{m['heads']} heads, hidden {m['hidden']}, {m['image_tokens']} image + "
+                    f"{m['text_tokens']} text tokens, {m['questions']} questions ({m['threads']} threads)")
+    for col in ("strategy", "seconds", "speedup", "max |diff| vs ref", "Spearman vs exact", "recall@10 +", "recall@10 −"):
+        t.add_column(col, justify="right")
+    for s in main["strategies"]:
+        t.add_row(s["name"], f"{s['seconds']:.2f}", f"{s['speedup_vs_reference']:.1f}×", f"{s['max_abs_diff_vs_reference']:.1e}",
+                  f"{s['spearman_vs_exact']:.3f}", f"{s['recall_top10_positive']:.2f}", f"{s['recall_top10_negative']:.2f}")
+    c.print(t)
+    if "scaling" in main:
+        t2 = Table(title="speedup vs reference as heads grow")
+        for col in ("layers×heads", "reference s", "exact", "attribution", "attribution+verify"):
+            t2.add_column(col, justify="right")
+        for r in main["scaling"]:
+            t2.add_row(f"{r['layers']}×{r['heads']}", f"{r['reference_seconds']:.2f}", f"{r['exact']:.1f}×",
+                       f"{r['attribution']:.1f}×", f"{r['attribution+verify']:.1f}×")
+        c.print(t2)

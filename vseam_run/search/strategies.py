@@ -1,0 +1,202 @@
+"""Head-search strategies behind one signature: per-question effects of ablating each head.
+
+Every strategy returns `effects[q, layer, head] = p_base(gold) − p_ablated(gold)` at the last
+position. `reference` is the original method (one batch-1 forward pass of the whole model per
+head and question) and is kept as ground truth; `exact` computes the same numbers with the
+image processed once per question, the heads of a layer batched as rows, the layers before
+the ablated one computed once, and questions batched; `attribution` estimates all effects to
+first order from one forward and one backward pass per batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vseam_run.heads import HeadEdit, ablate_heads_edits, ablation_delta, capture_o_proj_inputs, edit_heads
+from vseam_run.progress import progress
+from vseam_run.vlm import VLM, Prepared
+
+OnLayer = Callable[[int, np.ndarray], None]
+
+
+@dataclass
+class SearchItem:
+    """One question to search on: its image, text and the gold answer's first token id."""
+
+    qid: str
+    image: Image.Image
+    question: str
+    gold_id: int
+
+
+@dataclass
+class Effects:
+    effects: np.ndarray  # [Q, L, H], base − ablated
+    base_prob: np.ndarray  # [Q]
+    correct: np.ndarray  # [Q] bool
+
+
+def _chunks(seq: Sequence, n: int) -> list[Sequence]:
+    return [seq[i : i + n] for i in range(0, len(seq), n)]
+
+
+def _gold_probs(logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+    return logits.float().softmax(-1).gather(1, gold[:, None])[:, 0]
+
+
+# ---- reference ---------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def reference_effects(
+    vlm: VLM, items: Sequence[SearchItem], mode: str, *, done: dict[int, np.ndarray] | None = None, on_layer: OnLayer | None = None
+) -> Effects:
+    """The original method: for each head, for each question, one batch-1 pass with that head ablated."""
+    done = done or {}
+    L, H, Q = vlm.num_layers, vlm.num_heads, len(items)
+
+    def prob(item: SearchItem) -> tuple[float, bool]:
+        inputs = vlm.encode([item.image], [item.question])
+        logits = vlm.model(**inputs).logits[:, -1].float()
+        return float(logits.softmax(-1)[0, item.gold_id]), int(logits.argmax(-1)) == item.gold_id
+
+    base = [prob(it) for it in items]
+    base_prob = np.array([b[0] for b in base])
+    effects = np.zeros((Q, L, H))
+    todo = [l for l in range(L) if l not in done]
+    with progress("search (reference)", len(todo) * H * Q) as advance:
+        for l in range(L):
+            if l in done:
+                effects[:, l] = done[l]
+                continue
+            for h in range(H):
+                with edit_heads(vlm, ablate_heads_edits([(l, h)], H, mode)):
+                    for q, it in enumerate(items):
+                        effects[q, l, h] = base_prob[q] - prob(it)[0]
+                        advance(1)
+            if on_layer:
+                on_layer(l, effects[:, l])
+    return Effects(effects, base_prob, np.array([b[1] for b in base]))
+
+
+# ---- exact -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Batch:
+    prep: Prepared
+    gold: torch.Tensor
+    offset: int  # index of the batch's first question in the whole list
+
+
+def _prepare_batches(vlm: VLM, items: Sequence[SearchItem], batch_size: int) -> list[_Batch]:
+    batches, offset = [], 0
+    for chunk in _chunks(items, batch_size):
+        prep = vlm.prepare(vlm.encode([c.image for c in chunk], [c.question for c in chunk]))
+        gold = torch.tensor([c.gold_id for c in chunk], device=vlm.device)
+        batches.append(_Batch(prep, gold, offset))
+        offset += len(chunk)
+    return batches
+
+
+@torch.no_grad()
+def exact_effects(
+    vlm: VLM,
+    items: Sequence[SearchItem],
+    mode: str,
+    *,
+    batch_size: int = 16,
+    batch_rows: int = 64,
+    heads: np.ndarray | None = None,
+    done: dict[int, np.ndarray] | None = None,
+    on_layer: OnLayer | None = None,
+) -> Effects:
+    """Same numbers as `reference_effects`, fast.
+
+    `heads` ([L, H] bool) restricts the search to some heads (others get 0); used by
+    attribution+verify. The hidden state entering each layer is advanced one layer at a
+    time, so the layers before the ablated one are computed once for all its heads.
+    """
+    done = done or {}
+    L, H, Q = vlm.num_layers, vlm.num_heads, len(items)
+    heads = np.ones((L, H), dtype=bool) if heads is None else heads
+    batches = _prepare_batches(vlm, items, batch_size)
+    vlm.check_truncation(batches[0].prep)
+    hidden = [b.prep.embeds for b in batches]
+    base_prob = torch.cat([_gold_probs(vlm.last_logits(b.prep), b.gold) for b in batches])
+    correct = torch.cat([vlm.last_logits(b.prep).argmax(-1) == b.gold for b in batches])
+    effects = np.zeros((Q, L, H))
+    todo = [l for l in range(L) if l not in done and heads[l].any()]
+    last_needed = max(todo, default=-1)
+    with progress("search (exact)", int(sum(heads[l].sum() for l in todo)) * Q) as advance:
+        for l in range(L):
+            if l in done:
+                effects[:, l] = done[l]
+            elif l in todo:
+                for b, hid in zip(batches, hidden):
+                    _ablate_layer_rows(vlm, b, hid, l, np.flatnonzero(heads[l]), mode, batch_rows, base_prob, effects, advance)
+                if on_layer:
+                    on_layer(l, effects[:, l])
+            if l >= last_needed:
+                break
+            hidden = [vlm.next_hidden(b.prep, l, hid) for b, hid in zip(batches, hidden)]
+    return Effects(effects, base_prob.cpu().numpy().astype(np.float64), correct.cpu().numpy())
+
+
+def _ablate_layer_rows(vlm, batch: _Batch, hidden, layer, head_ids, mode, batch_rows, base_prob, effects, advance) -> None:
+    """Rows = (question, head) pairs; each row runs layers [layer:] with its own head ablated."""
+    H = vlm.num_heads
+    pairs = [(q, int(h)) for q in range(len(batch.prep)) for h in head_ids]
+    for chunk in _chunks(pairs, batch_rows):
+        q_idx = torch.tensor([q for q, _ in chunk], device=vlm.device)
+        h_idx = torch.tensor([h for _, h in chunk], device=vlm.device)
+        mask = torch.zeros(len(chunk), H, dtype=torch.bool, device=vlm.device)
+        mask[torch.arange(len(chunk), device=vlm.device), h_idx] = True
+        with edit_heads(vlm, {layer: HeadEdit(ablate_mask=mask, mode=mode)}):
+            logits = vlm.run_from_layer(batch.prep.rows(q_idx), layer, hidden[q_idx])
+        probs = _gold_probs(logits, batch.gold[q_idx])
+        diff = (base_prob[batch.offset + q_idx] - probs).cpu().numpy()
+        for (q, h), d in zip(chunk, diff):
+            effects[batch.offset + q, layer, h] = d
+        advance(len(chunk))
+
+
+# ---- attribution -------------------------------------------------------------------------------
+
+
+def attribution_effects(vlm: VLM, items: Sequence[SearchItem], mode: str, *, batch_size: int = 16) -> Effects:
+    """First-order estimate: effect ≈ −<∂p_gold/∂x_h, Δx_h> at every layer's o_proj input.
+
+    One forward and one backward pass per batch of questions give every head's estimate.
+    Gradients flow through activations only (weights are frozen).
+    """
+    L, H, Q = vlm.num_layers, vlm.num_heads, len(items)
+    effects = np.zeros((Q, L, H))
+    base_prob = np.zeros(Q)
+    correct = np.zeros(Q, dtype=bool)
+    batches = _prepare_batches(vlm, items, batch_size)
+    with progress("search (attribution)", len(batches)) as advance:
+        for b in batches:
+            embeds = b.prep.embeds.detach().clone().requires_grad_(True)
+            prep = Prepared(embeds, b.prep.attention_mask, b.prep.position_ids)
+            store: list = []
+            with torch.enable_grad(), capture_o_proj_inputs(vlm, store):
+                logits = vlm.last_logits(prep)
+                probs = _gold_probs(logits, b.gold)
+                grads = torch.autograd.grad(probs.sum(), store)
+            n = len(b.prep)
+            for l in range(L):
+                x = store[l].detach()
+                delta = ablation_delta(x, H, mode).float()
+                g = grads[l].float().view_as(delta)
+                # ablated − base ≈ Σ_{t,d} g·Δ; the effect is base − ablated.
+                effects[b.offset : b.offset + n, l] = (-(g * delta).sum(dim=(1, 3))).cpu().numpy()
+            base_prob[b.offset : b.offset + n] = probs.detach().cpu().numpy()
+            correct[b.offset : b.offset + n] = (logits.argmax(-1) == b.gold).cpu().numpy()
+            advance(1)
+    return Effects(effects, base_prob, correct)
