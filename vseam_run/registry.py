@@ -79,7 +79,8 @@ class ModelEntry(BaseModel):
     def _is_transformers_class(cls, v: str) -> str:
         import transformers
 
-        if not v.isidentifier() or not hasattr(transformers, v):
+        # A class, not just any name there (`pipeline`, `logging` would pass a hasattr check).
+        if not v.isidentifier() or not isinstance(getattr(transformers, v, None), type):
             close = difflib.get_close_matches(v, [n for n in dir(transformers) if n[:1].isupper()], n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ValueError(f"'{v}' is not a class in the transformers namespace{hint}")

@@ -163,6 +163,12 @@ class ExtraDataSpec(_Strict):
     on_missing_image: Literal["error", "skip"] = "error"
     toyworld: ToyWorldSpec = Field(default_factory=ToyWorldSpec)
 
+    @model_validator(mode="after")
+    def _path_needed(self) -> "ExtraDataSpec":
+        if self.source != "toyworld" and self.path is None:
+            raise ValueError(f"source '{self.source}' needs a path (the question file)")
+        return self
+
 
 class EvaluateSpec(_Strict):
     """Held-out evaluation of the modulation and ablation validation."""
@@ -190,6 +196,15 @@ class Spec(_Strict):
     search: SearchSpec | None = Field(None, description="Head search; omit to skip.")
     modulation: ModulationSpec | None = Field(None, description="Attention modulation; needs search.")
     evaluate: EvaluateSpec | None = Field(None, description="Held-out evaluation; needs search.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_policy(cls, data: Any) -> Any:
+        # `modulation: {lam: 2}` means the paper's linear policy, as LinearPolicy's default says;
+        # a discriminated union would otherwise reject it for lack of a tag.
+        if isinstance(data, dict) and isinstance(data.get("modulation"), dict) and "policy" not in data["modulation"]:
+            data = {**data, "modulation": {"policy": "linear", **data["modulation"]}}
+        return data
 
     @field_validator("device")
     @classmethod
@@ -253,13 +268,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
     return data
 
 
-def _semantic_checks(spec: Spec) -> list[str]:
-    """Checks pydantic cannot do alone. Files, weights and devices are checked when a run
-    starts (pipeline.preflight), so a spec for another machine still validates here."""
+def _semantic_checks(model: Any) -> list[str]:
+    """Checks pydantic cannot do alone (the model must be in the registry). Files, weights and
+    devices are checked when a run starts (pipeline.preflight), so a spec for another machine
+    still validates here."""
     from vseam_run import registry
 
+    if not isinstance(model, str):
+        return []
     try:
-        registry.get_entry(spec.model)
+        registry.get_entry(model)
+    except SpecError as e:
+        return [f"model: registry entry {e.source} is invalid: " + "; ".join(e.errors)]
     except VseamError as e:
         return [f"model: {e.message}"]
     return []
@@ -297,8 +317,9 @@ def validate_doc(doc: LoadedYaml, source: str, overrides: list[str]) -> Spec:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as e:
-        raise SpecError(source, format_validation_error(e, doc, Spec)) from None
-    errors = _semantic_checks(spec)
+        # Report an unknown model together with the other errors, not after they are fixed.
+        raise SpecError(source, format_validation_error(e, doc, Spec) + _semantic_checks(data.get("model"))) from None
+    errors = _semantic_checks(spec.model)
     if errors:
         raise SpecError(source, errors)
     return spec

@@ -77,49 +77,78 @@ def parse_yaml(text: str, source: str) -> LoadedYaml:
 
 
 def format_validation_error(err: ValidationError, doc: LoadedYaml | None, model_fields: Any = None) -> list[str]:
-    """One `field.path: message (line N)` string per error, with a close-match hint for unknown keys."""
-    out = []
+    """One `field.path: message (line N)` string per field, with a close-match hint for unknown keys.
+
+    Locations are given as the user wrote them: pydantic's union-member steps (a discriminated
+    union's tag such as `linear`, or `float` / `literal['auto']` for `float | "auto"`) are dropped,
+    and the alternatives' messages for one field are joined into one line.
+    """
+    by_path: dict[str, list[str]] = {}
+    lines: dict[str, int | None] = {}
     for e in err.errors():
-        loc = tuple(p for p in e["loc"])
-        # Drop discriminator tags pydantic inserts into the location (e.g. 'linear' in a union).
-        path = ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
-        msg = e["msg"]
+        raw = tuple(e["loc"])
+        loc, _ = _user_loc(model_fields, raw)
+        path = ".".join(str(p) for p in loc)
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden" and model_fields is not None:
-            allowed = _allowed_keys(model_fields, loc[:-1])
-            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            allowed = sorted({f for m in _user_loc(model_fields, raw[:-1])[1] for f in m.model_fields})
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1) if loc else []
             msg = "unknown field" + (f"; did you mean '{close[0]}'?" if close else "")
             if allowed:
-                msg += f" (allowed: {', '.join(sorted(allowed))})"
-        line = doc.line_of(loc) if doc is not None else None
-        out.append(f"{path or '(top level)'}: {msg}" + (f" (line {line})" if line else ""))
-    return out
+                msg += f" (allowed: {', '.join(allowed)})"
+        key = path or "(top level)"
+        if msg not in by_path.setdefault(key, []):
+            by_path[key].append(msg)
+        lines.setdefault(key, doc.line_of(loc) if doc is not None else None)
+    return [f"{key}: {'; or '.join(msgs)}" + (f" (line {lines[key]})" if lines[key] else "") for key, msgs in by_path.items()]
 
 
-def _allowed_keys(model: Any, loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the (nested) pydantic model at `loc`, for "did you mean" hints."""
+def _models_in(annotation: Any) -> list[type]:
+    """The pydantic models an annotation can hold, looking through Optional, unions, lists and Annotated."""
     import typing
 
     from pydantic import BaseModel
 
-    current = model
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    out: list[type] = []
+    for arg in typing.get_args(annotation):
+        out += [m for m in _models_in(arg) if m not in out]
+    return out
+
+
+def _tag_of(model: type, value: Any) -> bool:
+    """Whether `value` is the discriminator tag of `model` (a Literal field with that one value)."""
+    import typing
+
+    for f in model.model_fields.values():
+        if typing.get_origin(f.annotation) is typing.Literal and typing.get_args(f.annotation) == (value,):
+            return True
+    return False
+
+
+def _user_loc(model: Any, loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[type]]:
+    """Drop union-member steps from a pydantic location; also return the models at its end."""
+    if model is None:
+        return tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-"))), []
+    candidates: list[type] = [model]
+    out: list[Any] = []
     for part in loc:
         if isinstance(part, int):
+            out.append(part)  # a list index; the candidates already are the element's models
             continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
-        field = current.model_fields.get(str(part))
-        if field is None:
-            # A discriminated-union tag: pick the member whose tag matches.
-            return []
-        ann = field.annotation
-        candidates = [a for a in (typing.get_args(ann) or (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)]
-        if not candidates:
-            args = [a for a in typing.get_args(ann)]
-            for a in args:
-                candidates += [b for b in (typing.get_args(a) or (a,)) if isinstance(b, type) and issubclass(b, BaseModel)]
-        if not candidates:
-            return []
-        current = candidates[0]
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
+        fields = [m.model_fields[part] for m in candidates if part in m.model_fields]
+        if fields:
+            out.append(part)
+            candidates = [m for f in fields for m in _models_in(f.annotation)]
+            continue
+        tagged = [m for m in candidates if _tag_of(m, part)]
+        if tagged:
+            candidates = tagged  # a discriminated union's member tag
+        elif not candidates:
+            continue  # a plain union's member name (float, literal['auto'], function-after[...])
+        else:
+            out.append(part)  # an unknown key
+            candidates = []
+    return tuple(out), candidates
+

@@ -6,6 +6,7 @@ import sys
 
 import click
 import typer
+from rich.markup import escape
 
 from vseam_run.cli import common
 from vseam_run.errors import VseamError
@@ -40,7 +41,8 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         rv = app(args=argv, prog_name="vseam", standalone_mode=False)
     except VseamError as e:
-        common.err_console().print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        # The message is plain text: a path like data/[old]/q.json must not be read as markup.
+        common.err_console().print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
         return 2
     except click.exceptions.Exit as e:
         return e.exit_code

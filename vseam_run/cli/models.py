@@ -24,8 +24,10 @@ def models(ctx: typer.Context, json_: JsonOption = False) -> None:
         print_json([{"name": e.name, "source": e.hf_id or e.path, "class": e.model_class, "description": e.description} for e in entries])
         return
     t = Table(title="models")
-    for col in ("name", "weights", "class", "description"):
-        t.add_column(col)
+    # Names are what users type: never wrap them, even in a narrow terminal.
+    t.add_column("name", no_wrap=True, style="cyan")
+    for col in ("weights", "class", "description"):
+        t.add_column(col, overflow="fold")
     for e in entries:
         t.add_row(e.name, e.hf_id or str(e.resolved_path()), e.model_class, e.description)
     console().print(t)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from vseam_run.cli.common import console, err_console
 from vseam_run.errors import SpecError, VseamError
@@ -30,15 +31,15 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Spec or registry 
             doc = load_yaml(f)
             is_entry = isinstance(doc.data, dict) and "model_class" in doc.data
             load_entry_file(f) if is_entry else load_spec(f)
-            console().print(f"[green]ok[/]  {f}", highlight=False)
+            console().print(f"[green]ok[/]  {escape(str(f))}", highlight=False)
         except SpecError as e:
             bad += 1
-            err_console().print(f"[red]invalid[/] {e.source}", highlight=False)
+            err_console().print(f"[red]invalid[/] {escape(e.source)}", highlight=False)
             for line in e.errors:
                 err_console().print(f"  {line}", highlight=False, markup=False)
         except VseamError as e:
             bad += 1
-            err_console().print(f"[red]invalid[/] {f}: ", highlight=False, end="")
+            err_console().print(f"[red]invalid[/] {escape(str(f))}: ", highlight=False, end="")
             err_console().print(str(e), highlight=False, markup=False)
     if bad:
         raise typer.Exit(2)
