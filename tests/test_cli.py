@@ -162,8 +162,6 @@ def test_full_run_console_summary(full_run_output):
     assert "Traceback" not in out
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline.py:362-364 formats drops as '−{x:.3f}': a negative drop prints "
-                   "'−-0.267' and a missing positive/negative group prints '−nan'")
 def test_full_run_ablation_log_line_is_readable(full_run_output):
     out = full_run_output[3]
     (line,) = [l for l in out.splitlines() if "ablation (k=" in l]

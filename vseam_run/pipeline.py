@@ -359,6 +359,9 @@ class _Stages:
             path = report.ablation_bar_chart({k: v[metric] for k, v in results.items()}, self.art_dir / f"ablation_{metric}.png",
                                              metric=metric, title=f"zero-ablating {ab.k} heads — {self.spec.name}")
             self.artifact(f"ablation.{metric}", path)
-        self.log(f"  ablation (k={ab.k}): positive −{metrics.get('ablation.positive.accuracy_drop', float('nan')):.3f}, "
-                 f"negative −{metrics.get('ablation.negative.accuracy_drop', float('nan')):.3f}, "
-                 f"random −{metrics['ablation.random.accuracy_drop']:.3f} ± {metrics['ablation.random.accuracy_drop_std']:.3f} accuracy")
+        def fmt(name: str) -> str:
+            v = metrics.get(f"ablation.{name}.accuracy_drop")
+            return "n/a (no such heads)" if v is None else f"{v:+.3f}"
+
+        self.log(f"  ablation (k={ab.k}), accuracy drop: positive {fmt('positive')}, negative {fmt('negative')}, "
+                 f"random {metrics['ablation.random.accuracy_drop']:+.3f} ± {metrics['ablation.random.accuracy_drop_std']:.3f}")

@@ -1,0 +1,97 @@
+"""Head search: the fast strategies against the reference, on tiny LLaVA and InstructBLIP."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vseam_run.search import STRATEGIES, SearchItem, search_heads, verify_candidates
+from vseam_run.search.scoring import head_matrices
+
+
+@pytest.fixture
+def items(tiny_vlm):
+    from vseam_run.data import toyworld
+
+    ex = toyworld.sample_examples(11, 5, 32)
+    gold = tiny_vlm.answer_token_ids([e.answer for e in ex])
+    return [SearchItem(str(i), e.image, e.question, g) for i, (e, g) in enumerate(zip(ex, gold))]
+
+
+@pytest.mark.parametrize("mode", ["mean", "zero"])
+@pytest.mark.parametrize("scoring", ["subset", "signed"])
+def test_exact_equals_reference(tiny_vlm, items, mode, scoring):
+    ref = search_heads(tiny_vlm, items, strategy="reference", scoring=scoring, ablation=mode, top_k=3)
+    # Odd batch sizes and row chunks so padding and chunk edges are exercised.
+    ex = search_heads(tiny_vlm, items, strategy="exact", scoring=scoring, ablation=mode, top_k=3, batch_size=2, batch_rows=3)
+    assert np.abs(ex.effects - ref.effects).max() <= 1e-5
+    assert np.abs(ref.effects).max() > 1e-4, "ablations should change something, or the comparison is vacuous"
+    np.testing.assert_array_equal(ex.correct, ref.correct)
+    for name in ("positive", "negative", "signed"):
+        assert np.abs(getattr(ex.matrices, name) - getattr(ref.matrices, name)).max() <= 1e-5
+    assert [h[:2] for h in ex.matrices.top_positive] == [h[:2] for h in ref.matrices.top_positive]
+
+
+def test_attribution_tracks_exact_and_verify_reports_exact_scores(tiny_vlm, items):
+    ex = search_heads(tiny_vlm, items, strategy="exact", scoring="signed", ablation="mean")
+    att = search_heads(tiny_vlm, items, strategy="attribution", scoring="signed", ablation="mean")
+    corr = np.corrcoef(att.matrices.signed.ravel(), ex.matrices.signed.ravel())[0, 1]
+    assert corr > 0.8
+    ver = search_heads(tiny_vlm, items, strategy="attribution+verify", scoring="signed", ablation="mean", top_k=2, verify_k=5)
+    assert ver.verified.sum() == 5
+    np.testing.assert_allclose(ver.effects[:, ver.verified], ex.effects[:, ver.verified], atol=1e-6)
+    for l, h, _ in ver.matrices.top_positive + ver.matrices.top_negative:
+        assert ver.verified[l, h], "only exactly re-scored heads may be reported"
+
+
+def test_scoring_by_hand():
+    # 3 questions, 1 layer, 2 heads; questions 0,1 correct, 2 wrong.
+    effects = np.array([[[0.2, -0.1]], [[0.4, 0.3]], [[-0.5, 0.1]]])
+    pos, neg, signed = head_matrices(effects, np.array([True, True, False]))
+    np.testing.assert_allclose(pos, [[0.3, 0.15]])  # mean ReLU over correct
+    np.testing.assert_allclose(neg, [[0.5, 0.0]])  # mean ReLU(−e) over wrong
+    np.testing.assert_allclose(signed, [[(0.2 + 0.4 - 0.5) / 3, 0.3 / 3]])
+
+
+def test_verify_candidates_alternate_positive_and_negative():
+    effects = np.zeros((2, 2, 3))
+    effects[0] = [[0.9, 0.1, 0.0], [0.0, 0.0, 0.5]]  # correct question
+    effects[1] = [[0.0, 0.0, -0.8], [-0.2, 0.0, 0.0]]  # wrong question
+    chosen = verify_candidates(effects, np.array([True, False]), "subset", 2)
+    assert chosen.sum() == 2 and chosen[0, 0] and chosen[0, 2]  # best positive, best negative
+
+
+class _MemoryCheckpoint:
+    def __init__(self, fail_after: int | None = None):
+        self.saved: dict = {}
+        self.fail_after = fail_after
+
+    def load(self):
+        return dict(self.saved)
+
+    def save(self, key, payload):
+        self.saved[key] = payload
+        if self.fail_after is not None and len(self.saved) >= self.fail_after:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("strategy", ["exact", "reference", "attribution+verify"])
+def test_resume_gives_identical_matrices(tiny_vlm, items, strategy):
+    full = search_heads(tiny_vlm, items, strategy=strategy, top_k=2, verify_k=4)
+    ck = _MemoryCheckpoint(fail_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        search_heads(tiny_vlm, items, strategy=strategy, top_k=2, verify_k=4, checkpoint=ck)
+    assert len(ck.saved) == 1
+    ck.fail_after = None
+    resumed = search_heads(tiny_vlm, items, strategy=strategy, top_k=2, verify_k=4, checkpoint=ck)
+    np.testing.assert_array_equal(resumed.effects, full.effects)
+    np.testing.assert_array_equal(resumed.matrices.positive, full.matrices.positive)
+    np.testing.assert_array_equal(resumed.matrices.negative, full.matrices.negative)
+
+
+def test_unknown_strategy_and_empty_items(tiny_vlm, items):
+    with pytest.raises(ValueError):
+        search_heads(tiny_vlm, items, strategy="nope")
+    with pytest.raises(ValueError):
+        search_heads(tiny_vlm, [], strategy="exact")
+    assert set(STRATEGIES) == {"reference", "exact", "attribution", "attribution+verify"}
