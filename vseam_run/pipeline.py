@@ -10,6 +10,7 @@ continues a head search from its next unfinished layer.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
 import time
 import traceback
@@ -34,7 +35,13 @@ from vseam_run.splits import split_by_image
 from vseam_run.store import RunStore
 from vseam_run.vlm import VLM, weights_source
 
-Log = Callable[[str], None]
+Log = Callable[[Any], None]  # takes strings and rich renderables (tables)
+
+
+def _print(obj: Any) -> None:
+    from rich.console import Console
+
+    Console().print(obj, markup=False, highlight=False)
 
 
 def package_versions() -> dict[str, str]:
@@ -87,7 +94,7 @@ def preflight(spec: Spec) -> tuple[registry.ModelEntry, torch.device]:
     return entry, device
 
 
-def run(spec: Spec, store: RunStore, *, resume: str | None = None, log: Log = print) -> RunOutcome:
+def run(spec: Spec, store: RunStore, *, resume: str | None = None, log: Log = _print) -> RunOutcome:
     """Run every stage of `spec`; with `resume`, continue that run id instead of starting one."""
     entry, device = preflight(spec)
     if resume:
@@ -166,8 +173,8 @@ class _Stages:
         split_of = {q.qid: s for s, qs in splits.items() for q in qs}
         items = self._items(loaded.questions, split_of, "data")
         with self.timed("baseline"):
-            self.base_set = ScoredSet(self.vlm, items, spec.batch_size, "baseline")
-            rows = self.base_set.run()
+            # One streaming pass: an encoded set of every question would hold GBs for a 7B model.
+            rows = ScoredSet.score_once(self.vlm, items, spec.batch_size, "baseline")
             self.store.log_question_results(self.run_id, "baseline", rows)
             self.record(evaluate.summarize(rows).as_metrics("baseline"))
             self.log(f"  baseline accuracy {self.metrics['baseline.accuracy']:.3f} on {len(rows)} questions")
@@ -212,13 +219,19 @@ class _Stages:
         from vseam_run.edit.procedural import make_edits
 
         edits = make_edits(questions, self.cache_dir / "edits", progress=True)
-        self.store.put_document(self.run_id, "edits", [
-            {"qid": e.qid, "edit": e.edit_text, "original_answer": e.original_answer, "edited_answer": e.edited_answer,
-             "image": str(e.image_path), "mask": str(e.mask_path)} for e in edits])
+        manifest = [{"qid": e.qid, "edit": e.edit_text, "original_answer": e.original_answer, "edited_answer": e.edited_answer,
+                     "image": str(e.image_path), "mask": str(e.mask_path)} for e in edits]
+        self.art_dir.mkdir(parents=True, exist_ok=True)
+        manifest_path = self.art_dir / "edits.json"
+        manifest_path.write_text(json.dumps(manifest, indent=1))
+        self.artifact("edits.manifest", manifest_path)
+        by_qid = {q.qid: q for q in questions}
+        sample = [(by_qid[e.qid].image_path, e.image_path, e.mask_path, f"{by_qid[e.qid].question}\n{e.edit_text}: "
+                   f"{e.original_answer} → {e.edited_answer}") for e in edits[:: max(1, len(edits) // 8)][:8]]
+        self.artifact("edits.contact_sheet", report.edit_contact_sheet(sample, self.art_dir / "edits.png", title=f"counterfactual edits — {self.spec.name}"))
         # Baseline on the counterfactual images: does the model follow the concept change?
         from PIL import Image
 
-        by_qid = {q.qid: q for q in questions}
         gold = self.vlm.answer_token_ids([e.edited_answer for e in edits])
         items = []
         for e, g in zip(edits, gold):
@@ -226,7 +239,7 @@ class _Stages:
                 continue
             with Image.open(e.image_path) as im:
                 items.append(Item(e.qid, im.convert("RGB"), by_qid[e.qid].question, e.edited_answer, g, by_qid[e.qid].category))
-        rows = ScoredSet(self.vlm, items, self.spec.batch_size, "edited").run()
+        rows = ScoredSet.score_once(self.vlm, items, self.spec.batch_size, "edited")
         self.store.log_question_results(self.run_id, "edited", rows)
         flipped = [r["pred"] != base_rows[r["qid"]]["pred"] for r in rows if r["qid"] in base_rows]
         self.record({"edit.count": len(edits), "edit.accuracy": accuracy(rows),
@@ -314,9 +327,7 @@ class _Stages:
         self.record(cmp.as_metrics(prefix))
         self.store.put_document(self.run_id, f"{prefix}.summary", report.comparison_rows(cmp, context={"dataset": label}))
         self.log("")
-        from vseam_run.cli.common import console
-
-        console().print(report.comparison_table(cmp, title=f"{label}: baseline vs modulated (n = {cmp.n})"))
+        self.log(report.comparison_table(cmp, title=f"{label}: baseline vs modulated (n = {cmp.n})"))
 
     def _evaluate_extra(self, extra: ExtraDataSpec, edits) -> None:
         loaded = self._load(extra, extra.toyworld)

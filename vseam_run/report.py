@@ -339,3 +339,26 @@ def comparison_table(comparison: ArmComparison, title: str = "Accuracy: baseline
     """The end-of-run table: accuracy per category and overall, with the paired CI and McNemar p."""
     rows = comparison_rows(comparison)
     return summary_table(rows, title, emphasize=[len(rows) - 1])
+
+
+def edit_contact_sheet(rows: Sequence[tuple[Any, Any, Any, str]], path: str | Path, *, title: str, scale: int = 4) -> Path:
+    """A grid of counterfactual edits: original | edited | mask, one row each, with the edit text.
+
+    `rows` holds (original image path, edited image path, mask path, caption).
+    """
+    from PIL import Image as PILImage
+
+    fig = _new_figure(3 * 1.6, 1.6 * max(len(rows), 1) + 0.4)
+    axes = fig.subplots(max(len(rows), 1), 3, squeeze=False)
+    for r, (orig, edited, mask, caption) in enumerate(rows):
+        for c, (img_path, label) in enumerate(((orig, "original"), (edited, "edited"), (mask, "mask"))):
+            ax = axes[r][c]
+            with PILImage.open(img_path) as im:
+                ax.imshow(np.asarray(im.convert("RGB")), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(label, fontsize=9)
+        axes[r][0].set_ylabel(caption, fontsize=7, rotation=0, ha="right", va="center")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)

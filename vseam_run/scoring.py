@@ -37,10 +37,24 @@ class ScoredSet:
         with progress(label, len(self.items)) as advance:
             for i in range(0, len(self.items), batch_size):
                 chunk = self.items[i : i + batch_size]
-                prep = vlm.prepare(vlm.encode([c.image for c in chunk], [c.question for c in chunk]))
-                gold = torch.tensor([c.gold_id for c in chunk], device=vlm.device)
-                self.batches.append((prep, gold, chunk))
+                self.batches.append(self._encode(chunk))
                 advance(len(chunk))
+
+    def _encode(self, chunk: list[Item]) -> tuple[Prepared, torch.Tensor, list[Item]]:
+        prep = self.vlm.prepare(self.vlm.encode([c.image for c in chunk], [c.question for c in chunk]))
+        return prep, torch.tensor([c.gold_id for c in chunk], device=self.vlm.device), chunk
+
+    @classmethod
+    def score_once(cls, vlm: VLM, items: Sequence[Item], batch_size: int, label: str) -> list[dict]:
+        """Score each batch as it is encoded, keeping nothing (bounded memory for one pass)."""
+        scorer = cls(vlm, [], batch_size, label)
+        rows: list[dict] = []
+        with progress(label, len(items)) as advance:
+            for i in range(0, len(items), batch_size):
+                scorer.batches = [scorer._encode(list(items[i : i + batch_size]))]
+                rows += scorer.run()
+                advance(len(scorer.batches[0][2]))
+        return rows
 
     @torch.no_grad()
     def run(self, edits: dict[int, HeadEdit] | None = None) -> list[dict]:
