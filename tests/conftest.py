@@ -23,12 +23,15 @@ torch.set_num_threads(2)
 from vseam_run.data import toyworld  # noqa: E402
 from vseam_run.registry import load_entry_file  # noqa: E402
 from vseam_run.vlm import VLM  # noqa: E402
-from vseam_run.zoo.build import TinyVLMConfig, save, tiny_instructblip, tiny_llava  # noqa: E402
+from vseam_run.zoo.build import (  # noqa: E402
+    INSTRUCTBLIP_MODULES,
+    LLAVA_MODULES,
+    TinyVLMConfig,
+    save,
+    tiny_instructblip,
+    tiny_llava,
+)
 
-LLAVA_MODULES = dict(decoder="model.language_model", layers="model.language_model.layers",
-                     final_norm="model.language_model.norm", lm_head="lm_head")
-INSTRUCTBLIP_MODULES = dict(decoder="language_model.model", layers="language_model.model.layers",
-                            final_norm="language_model.model.norm", lm_head="language_model.lm_head")
 WORDS = toyworld.vocabulary() + ["answer"]
 
 

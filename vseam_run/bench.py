@@ -21,12 +21,8 @@ from PIL import Image
 from vseam_run.registry import load_entry_file
 from vseam_run.search import STRATEGIES, SearchItem, search_heads
 from vseam_run.vlm import VLM
-from vseam_run.zoo.build import TinyVLMConfig, save, tiny_llava
+from vseam_run.zoo.build import LLAVA_MODULES, TinyVLMConfig, save, tiny_llava
 
-LLAVA_MODULES = dict(
-    decoder="model.language_model", layers="model.language_model.layers",
-    final_norm="model.language_model.norm", lm_head="lm_head",
-)
 
 
 @dataclass

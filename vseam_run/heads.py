@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import torch
 
@@ -70,13 +70,9 @@ class HeadEdit:
 
 
 @contextlib.contextmanager
-def edit_heads(vlm, edits: dict[int, HeadEdit]) -> Iterator[None]:
-    """Apply `edits` (layer → HeadEdit) to the o_proj inputs while the block runs."""
-    handles = []
-    for layer, e in edits.items():
-        def hook(_mod, args, e=e):
-            return (e.apply(args[0], vlm.num_heads),) + tuple(args[1:])
-        handles.append(vlm.o_proj(layer).register_forward_pre_hook(hook))
+def _o_proj_pre_hooks(vlm, hooks: dict[int, Callable]) -> Iterator[None]:
+    """Register forward pre-hooks on the o_proj of the given layers for the block's duration."""
+    handles = [vlm.o_proj(layer).register_forward_pre_hook(fn) for layer, fn in hooks.items()]
     try:
         yield
     finally:
@@ -84,20 +80,23 @@ def edit_heads(vlm, edits: dict[int, HeadEdit]) -> Iterator[None]:
             h.remove()
 
 
-@contextlib.contextmanager
-def capture_o_proj_inputs(vlm, store: list) -> Iterator[None]:
-    """Record every layer's o_proj input (kept in the autograd graph) into `store[layer]`."""
+def edit_heads(vlm, edits: dict[int, HeadEdit]):
+    """Context manager: apply `edits` (layer → HeadEdit) to the o_proj inputs while the block runs."""
+
+    def hook_for(e: HeadEdit) -> Callable:
+        return lambda _mod, args: (e.apply(args[0], vlm.num_heads),) + tuple(args[1:])
+
+    return _o_proj_pre_hooks(vlm, {layer: hook_for(e) for layer, e in edits.items()})
+
+
+def capture_o_proj_inputs(vlm, store: list):
+    """Context manager: record every layer's o_proj input (kept in the autograd graph) in `store[layer]`."""
     store[:] = [None] * vlm.num_layers
-    handles = []
-    for layer in range(vlm.num_layers):
-        def hook(_mod, args, layer=layer):
-            store[layer] = args[0]
-        handles.append(vlm.o_proj(layer).register_forward_pre_hook(hook))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+
+    def hook_for(layer: int) -> Callable:
+        return lambda _mod, args: store.__setitem__(layer, args[0])
+
+    return _o_proj_pre_hooks(vlm, {layer: hook_for(layer) for layer in range(vlm.num_layers)})
 
 
 def scale_edits(factors: torch.Tensor) -> dict[int, HeadEdit]:

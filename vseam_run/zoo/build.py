@@ -28,6 +28,16 @@ from transformers import (
 )
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
+
+# Registry `modules:` for the transformers 5.x classes built here (and for the shipped entries).
+LLAVA_MODULES = dict(
+    decoder="model.language_model", layers="model.language_model.layers",
+    final_norm="model.language_model.norm", lm_head="lm_head",
+)
+INSTRUCTBLIP_MODULES = dict(
+    decoder="language_model.model", layers="language_model.model.layers",
+    final_norm="language_model.model.norm", lm_head="language_model.lm_head",
+)
 PUNCTUATION = ["?", ":", ".", ","]
 
 
