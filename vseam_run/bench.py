@@ -98,7 +98,10 @@ def bench_items(vlm: VLM, cfg: BenchModel) -> list[SearchItem]:
     return items
 
 
-def run_bench(cfg: BenchModel, strategies=STRATEGIES, top_k: int = 10, batch_rows: int = 64, threads: int | None = None) -> dict:
+def run_bench(cfg: BenchModel, strategies=STRATEGIES, top_k: int = 10, batch_rows: int = 8, batch_size: int = 4,
+              threads: int | None = None) -> dict:
+    """Time the strategies on one model. The defaults suit a CPU, where small row chunks stay
+    in cache (8 rows ran ~25% faster than 64 here); on a GPU use larger ones."""
     if threads:
         torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -108,7 +111,7 @@ def run_bench(cfg: BenchModel, strategies=STRATEGIES, top_k: int = 10, batch_row
         for s in strategies:
             t0 = time.perf_counter()
             results[s] = search_heads(vlm, items, strategy=s, scoring="subset", ablation="mean", top_k=top_k,
-                                      batch_size=cfg.questions, batch_rows=batch_rows)
+                                      batch_size=batch_size, batch_rows=batch_rows)
             results[s].seconds = time.perf_counter() - t0
     ref, exact = results.get("reference"), results.get("exact")
     rows = []
@@ -122,5 +125,5 @@ def run_bench(cfg: BenchModel, strategies=STRATEGIES, top_k: int = 10, batch_row
             row["recall_top10_negative"] = recall(r.matrices.top_negative[:10], exact.matrices.top_negative[:10])
         rows.append(row)
     return {"model": {**asdict(cfg), "architecture": "LlavaForConditionalGeneration (random weights)",
-                      "threads": torch.get_num_threads(), "device": "cpu"},
+                      "threads": torch.get_num_threads(), "device": "cpu", "batch_size": batch_size, "batch_rows": batch_rows},
             "strategies": rows}

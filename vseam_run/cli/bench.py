@@ -20,6 +20,8 @@ def search(
     questions: Annotated[int, typer.Option(help="Questions searched on.")] = 16,
     image_tokens: Annotated[int, typer.Option(help="Image tokens (a square number).")] = 64,
     text_tokens: Annotated[int, typer.Option(help="Question tokens.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Questions per batch for exact/attribution.")] = 4,
+    batch_rows: Annotated[int, typer.Option(help="(question, head) rows per forward pass in exact (small suits a CPU's cache).")] = 8,
     scaling: Annotated[bool, typer.Option("--scaling/--no-scaling", help="Also time 4×4, 8×8 and 16×16 heads.")] = True,
     json_: JsonOption = False,
 ) -> None:
@@ -38,11 +40,12 @@ def search(
     os.environ.setdefault("VSEAM_QUIET", "1")
     from vseam_run.bench import BenchModel, run_bench
 
-    main = run_bench(BenchModel(layers, heads, hidden, image_tokens, text_tokens, questions))
+    main = run_bench(BenchModel(layers, heads, hidden, image_tokens, text_tokens, questions), batch_rows=batch_rows, batch_size=batch_size)
     if scaling:
         main["scaling"] = []
         for n in (4, 8, 16):
-            r = run_bench(BenchModel(n, n, max(hidden, n * 16), image_tokens, text_tokens, max(4, questions // 2)))
+            r = run_bench(BenchModel(n, n, max(hidden, n * 16), image_tokens, text_tokens, max(4, questions // 2)),
+                          batch_rows=batch_rows, batch_size=batch_size)
             main["scaling"].append({"layers": n, "heads": n, **{s["name"]: s["speedup_vs_reference"] for s in r["strategies"]},
                                     "reference_seconds": r["strategies"][0]["seconds"]})
     if json_:
@@ -51,7 +54,8 @@ def search(
     c = console()
     m = main["model"]
     t = Table(title=f"head search, {m['layers']}×{m['heads']} heads, hidden {m['hidden']}, {m['image_tokens']} image + "
-                    f"{m['text_tokens']} text tokens, {m['questions']} questions ({m['threads']} threads)")
+                    f"{m['text_tokens']} text tokens, {m['questions']} questions ({m['threads']} threads, "
+                    f"batches of {m['batch_size']} questions, {m['batch_rows']} rows)")
     for col in ("strategy", "seconds", "speedup", "max |diff| vs ref", "Spearman vs exact", "recall@10 +", "recall@10 −"):
         t.add_column(col, justify="right")
     for s in main["strategies"]:

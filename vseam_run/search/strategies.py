@@ -128,8 +128,9 @@ def exact_effects(
     batches = _prepare_batches(vlm, items, batch_size)
     vlm.check_truncation(batches[0].prep)
     hidden = [b.prep.embeds for b in batches]
-    base_prob = torch.cat([_gold_probs(vlm.last_logits(b.prep), b.gold) for b in batches])
-    correct = torch.cat([vlm.last_logits(b.prep).argmax(-1) == b.gold for b in batches])
+    base_logits = [vlm.last_logits(b.prep) for b in batches]
+    base_prob = torch.cat([_gold_probs(lg, b.gold) for lg, b in zip(base_logits, batches)])
+    correct = torch.cat([lg.argmax(-1) == b.gold for lg, b in zip(base_logits, batches)])
     effects = np.zeros((Q, L, H))
     todo = [l for l in range(L) if l not in done and heads[l].any()]
     last_needed = max(todo, default=-1)
