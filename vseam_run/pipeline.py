@@ -9,6 +9,7 @@ continues a head search from its next unfinished layer.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import platform
@@ -16,7 +17,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from vseam_run.errors import VseamError
 from vseam_run.heads import ablate_heads_edits, scale_edits
 from vseam_run.scoring import Item, ScoredSet, accuracy
 from vseam_run.search import SearchItem, SearchResult, search_heads
+from vseam_run.search.scoring import ranking_matrices
 from vseam_run.spec import ExtraDataSpec, Spec, data_file_problems
 from vseam_run.splits import split_by_image
 from vseam_run.store import RunStore
@@ -130,7 +132,6 @@ class _Stages:
         self.metrics: dict[str, float] = {}
         self.art_dir = Path(spec.workdir) / "runs" / run_id
         self.cache_dir = Path(spec.workdir) / "cache"
-        self.rng_seed = spec.seed
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -141,19 +142,13 @@ class _Stages:
     def artifact(self, kind: str, path: Path) -> None:
         self.store.add_artifact(self.run_id, kind, path)
 
-    def timed(self, name: str):
-        stages = self
-
-        class _T:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-                stages.log(f"· {name} …")
-
-            def __exit__(self, *exc):
-                if exc[0] is None:
-                    stages.record({f"time.{name}": time.perf_counter() - self.t0})
-
-        return _T()
+    @contextlib.contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Log the stage's start and record `time.<name>` when it finishes without error."""
+        t0 = time.perf_counter()
+        self.log(f"· {name} …")
+        yield
+        self.record({f"time.{name}": time.perf_counter() - t0})
 
     # ---- stages --------------------------------------------------------------------------
 
@@ -344,9 +339,9 @@ class _Stages:
             rows = test.run(ablate_heads_edits(heads, H, ab.mode))
             return base_acc - accuracy(rows), base_prob - float(np.mean([r["gold_prob"] for r in rows]))
 
-        m = result.matrices
-        pos = [(l, h) for l, h, _ in modulate.top_heads(m.positive if self.spec.search.scoring == "subset" else m.signed, ab.k)]
-        neg = [(l, h) for l, h, _ in modulate.top_heads(m.negative if self.spec.search.scoring == "subset" else -m.signed, ab.k)]
+        pos_rank, neg_rank = ranking_matrices(result.effects, result.correct, self.spec.search.scoring)
+        pos = [(l, h) for l, h, _ in modulate.top_heads(pos_rank, ab.k)]
+        neg = [(l, h) for l, h, _ in modulate.top_heads(neg_rank, ab.k)]
         rng = np.random.default_rng(self.spec.seed)
         random_drops = [drops(modulate.random_heads(self.vlm.num_layers, H, ab.k, rng)) for _ in range(ab.trials)]
         metrics: dict[str, float] = {"ablation.k": ab.k, "ablation.trials": ab.trials}

@@ -52,15 +52,12 @@ def head_matrices(effects: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray,
 
 
 def ranked(matrix: np.ndarray, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, int, float]]:
-    """The k largest strictly positive entries as (layer, head, score), best first; ties by position."""
-    flat = [
-        (int(l), int(h), float(matrix[l, h]))
-        for l in range(matrix.shape[0])
-        for h in range(matrix.shape[1])
-        if matrix[l, h] > 0 and (allowed is None or allowed[l, h])
-    ]
-    flat.sort(key=lambda t: (-t[2], t[0], t[1]))
-    return flat[:k]
+    """The k largest strictly positive entries as (layer, head, score), best first; ties by position.
+    `allowed` ([L, H] bool) keeps only some heads (e.g. those attribution+verify re-scored)."""
+    from vseam_run.modulate import top_heads
+
+    m = np.asarray(matrix, dtype=np.float64)
+    return top_heads(m if allowed is None else np.where(allowed, m, 0.0), k)
 
 
 def score(effects: np.ndarray, correct: np.ndarray, scoring: str, top_k: int, allowed: np.ndarray | None = None) -> HeadMatrices:

@@ -45,10 +45,6 @@ def _chunks(seq: Sequence, n: int) -> list[Sequence]:
     return [seq[i : i + n] for i in range(0, len(seq), n)]
 
 
-def _gold_probs(logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
-    return logits.float().softmax(-1).gather(1, gold[:, None])[:, 0]
-
-
 # ---- reference ---------------------------------------------------------------------------------
 
 
@@ -62,8 +58,8 @@ def reference_effects(
 
     def prob(item: SearchItem) -> tuple[float, bool]:
         inputs = vlm.encode([item.image], [item.question])
-        logits = vlm.model(**inputs).logits[:, -1].float()
-        return float(logits.softmax(-1)[0, item.gold_id]), int(logits.argmax(-1)) == item.gold_id
+        s = vlm.score(vlm.model(**inputs).logits[:, -1], torch.tensor([item.gold_id], device=vlm.device))
+        return float(s.gold_prob[0]), bool(s.correct[0])
 
     base = [prob(it) for it in items]
     base_prob = np.array([b[0] for b in base])
@@ -128,9 +124,9 @@ def exact_effects(
     batches = _prepare_batches(vlm, items, batch_size)
     vlm.check_truncation(batches[0].prep)
     hidden = [b.prep.embeds for b in batches]
-    base_logits = [vlm.last_logits(b.prep) for b in batches]
-    base_prob = torch.cat([_gold_probs(lg, b.gold) for lg, b in zip(base_logits, batches)])
-    correct = torch.cat([lg.argmax(-1) == b.gold for lg, b in zip(base_logits, batches)])
+    base = [vlm.score(vlm.last_logits(b.prep), b.gold) for b in batches]
+    base_prob = torch.cat([s.gold_prob for s in base])
+    correct = torch.cat([s.correct for s in base])
     effects = np.zeros((Q, L, H))
     todo = [l for l in range(L) if l not in done and heads[l].any()]
     last_needed = max(todo, default=-1)
@@ -160,7 +156,7 @@ def _ablate_layer_rows(vlm, batch: _Batch, hidden, layer, head_ids, mode, batch_
         mask[torch.arange(len(chunk), device=vlm.device), h_idx] = True
         with edit_heads(vlm, {layer: HeadEdit(ablate_mask=mask, mode=mode)}):
             logits = vlm.run_from_layer(batch.prep.rows(q_idx), layer, hidden[q_idx])
-        probs = _gold_probs(logits, batch.gold[q_idx])
+        probs = vlm.score(logits, batch.gold[q_idx]).gold_prob
         diff = (base_prob[batch.offset + q_idx] - probs).cpu().numpy()
         for (q, h), d in zip(chunk, diff):
             effects[batch.offset + q, layer, h] = d
@@ -187,8 +183,8 @@ def attribution_effects(vlm: VLM, items: Sequence[SearchItem], mode: str, *, bat
             prep = Prepared(embeds, b.prep.attention_mask, b.prep.position_ids)
             store: list = []
             with torch.enable_grad(), capture_o_proj_inputs(vlm, store):
-                logits = vlm.last_logits(prep)
-                probs = _gold_probs(logits, b.gold)
+                scores = vlm.score(vlm.last_logits(prep), b.gold)
+                probs = scores.gold_prob
                 grads = torch.autograd.grad(probs.sum(), store)
             n = len(b.prep)
             for l in range(L):
@@ -198,6 +194,6 @@ def attribution_effects(vlm: VLM, items: Sequence[SearchItem], mode: str, *, bat
                 # ablated − base ≈ Σ_{t,d} g·Δ; the effect is base − ablated.
                 effects[b.offset : b.offset + n, l] = (-(g * delta).sum(dim=(1, 3))).cpu().numpy()
             base_prob[b.offset : b.offset + n] = probs.detach().cpu().numpy()
-            correct[b.offset : b.offset + n] = (logits.argmax(-1) == b.gold).cpu().numpy()
+            correct[b.offset : b.offset + n] = scores.correct.cpu().numpy()
             advance(1)
     return Effects(effects, base_prob, correct)
