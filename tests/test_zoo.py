@@ -15,13 +15,10 @@ from vseam_run.vlm import VLM
 from vseam_run.zoo.train import ZOO_DIR, train
 
 
-# What the shipped weights reach on held-out toy questions (train_report.json), minus a margin
-# for a 600-question sample. These are regression floors, NOT the issue's target (overall
-# 0.80-0.97, every level >= 0.65), which the current recipe misses (see README, "Results").
-FLOORS = {
-    "toy-llava": {"overall": 0.70, "object": 0.88},
-    "toy-instructblip": {"overall": 0.55, "object": 0.72},
-}
+# The target for the shipped toy models: high enough that heads and edits mean something, and
+# not perfect, so that the model makes mistakes and negative heads can exist.
+OVERALL = (0.80, 0.97)
+EVERY_LEVEL = 0.65
 
 
 @pytest.mark.parametrize("name", ["toy-llava", "toy-instructblip"])
@@ -39,8 +36,10 @@ def test_shipped_model_answers_a_fresh_sample(name):
     for r, e in zip(rows, examples):
         by_level.setdefault(e.level, []).append(r)
     overall = accuracy(rows)
-    assert FLOORS[name]["overall"] <= overall <= 0.97, overall  # learned something, and still makes mistakes
-    assert accuracy(by_level["object"]) >= FLOORS[name]["object"]
+    assert OVERALL[0] <= overall <= OVERALL[1], overall
+    levels = {level: accuracy(r) for level, r in by_level.items()}
+    assert set(levels) == {"object", "attribute", "relation"}
+    assert min(levels.values()) >= EVERY_LEVEL, levels
     report = json.loads((entry.resolved_path() / "train_report.json").read_text())
     assert abs(report["held_out_accuracy"]["overall"] - overall) < 0.06  # the report describes these weights
 
@@ -61,3 +60,50 @@ def test_training_is_seeded(tmp_path):
     wa, wb = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     assert a["held_out_accuracy"] == b["held_out_accuracy"]
+
+
+def _scene():
+    from vseam_run.data.toyworld import Scene, ToyObject
+
+    # A red striped circle top-left, a blue solid square bottom-right, linked.
+    circle = ToyObject("o0", "circle", "red", "striped", 0, 0, 12, 12)
+    square = ToyObject("o1", "square", "blue", "solid", 18, 18, 12, 12)
+    return Scene(32, 32, (circle, square), frozenset({frozenset(("o0", "o1"))}))
+
+
+def test_training_labels_describe_the_scene():
+    """The facts the training aids teach are the scene's: kind per patch, colour, material,
+    position thresholds, links, and how two named objects relate."""
+    from vseam_run.data.toyworld import KINDS
+    from vseam_run.zoo.train import FACT_GROUPS, kind_facts, pair_facts, patch_kinds
+
+    scene = _scene()
+    kinds = patch_kinds(scene, 8).reshape(4, 4)
+    c, s = KINDS.index("circle"), KINDS.index("square")
+    assert (kinds[:2, :2] == c).all() and (kinds[2:, 2:] == s).all()
+    assert kinds[0, 3] == -1 and kinds[3, 0] == -1  # background corners
+    facts = kind_facts(scene)
+    assert facts[KINDS.index("triangle")].sum() == 0  # absent kind: all zeros
+    row = facts[c]
+    assert row[FACT_GROUPS["present"]].tolist() == [1.0]
+    assert row[FACT_GROUPS["color"]].tolist() == [1.0, 0.0, 0.0, 0.0]  # red
+    assert row[FACT_GROUPS["material"]].tolist() == [0.0, 1.0, 0.0]  # striped
+    assert row[FACT_GROUPS["x"]].tolist() == [1.0, 0, 0, 0, 0, 0, 0]  # centre x = 6/32: only > 1/8
+    assert facts[s][FACT_GROUPS["x"]].tolist() == [1.0] * 5 + [0.0] * 2  # centre x = 24/32, not > 6/8
+    assert row[FACT_GROUPS["links"]][s] == 1.0 and row[FACT_GROUPS["links"]][c] == 0.0
+    # circle vs square: left of, not right of, above, not below, linked.
+    assert pair_facts(scene, "circle", "square") == [1.0, 0.0, 1.0, 0.0, 1.0]
+    assert pair_facts(scene, "circle", "diamond") == [0.0] * 5
+
+
+def test_instructblip_trains_from_scratch_with_distinct_queries(tmp_path):
+    """The library zero-initialises InstructBLIP's query tokens; identical queries would stay
+    identical under training. The builder breaks the symmetry, and the InstructBLIP training
+    path (vision tower + Q-Former stage, then the whole model) runs."""
+    from safetensors.torch import load_file
+
+    report = train("toy-instructblip", tmp_path / "ib", steps=2, log=lambda s: None, quick=True)
+    weights = load_file(tmp_path / "ib" / "model.safetensors")
+    q = weights["query_tokens"][0]
+    assert q.shape[0] == report["recipe"]["model"]["num_query_tokens"]
+    assert torch.cdist(q, q).fill_diagonal_(1.0).min() > 0  # no two queries alike
