@@ -231,14 +231,33 @@ class VLM:
         position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
         return Prepared(embeds.detach(), mask, position_ids)
 
-    def last_logits(self, prep: Prepared, start_layer: int = 0, hidden: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits at the last position, running layers [start_layer:] from `hidden` (default: embeddings)."""
+    def last_logits(
+        self, prep: Prepared, start_layer: int = 0, hidden: torch.Tensor | None = None, *, tail_only: bool = True
+    ) -> torch.Tensor:
+        """Logits at the last position, running layers [start_layer:] from `hidden` (default: embeddings).
+
+        `tail_only`: the last layer's MLP runs on the last position only (see `_last_mlp_tail_only`);
+        the logits are the same, the work of one MLP over the whole sequence is saved.
+        """
         x = prep.embeds if hidden is None else hidden
-        with self._layers_from(start_layer):
+        tail = self._last_mlp_tail_only() if tail_only else contextlib.nullcontext()
+        with self._layers_from(start_layer), tail:
             out = self.decoder(
                 inputs_embeds=x, attention_mask=prep.attention_mask, position_ids=prep.position_ids, use_cache=False
             )
         return self.lm_head(out.last_hidden_state[:, -1]).float()
+
+    def _last_mlp_tail_only(self):
+        """Feed the last layer's MLP the last position only.
+
+        Nothing after the last layer mixes positions (the final norm and the LM head act per
+        position) and only the last position's logits are read, so the MLP's output at the
+        other positions is never used. Its [B, 1, D] output broadcasts in the residual sum;
+        the other positions' final states are then wrong but unread. `check_truncation`
+        compares against a pass without this.
+        """
+        mlp = get_module(self.layers[self.num_layers - 1], self.entry.modules.mlp)
+        return _pre_hook(mlp, lambda _m, args: (args[0][:, -1:],) + tuple(args[1:]))
 
     def run_from_layer(self, prep: Prepared, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         return self.last_logits(prep, start_layer=layer, hidden=hidden)
@@ -299,10 +318,11 @@ class VLM:
     @torch.no_grad()
     def check_truncation(self, prep: Prepared, atol: float = 1e-4) -> None:
         """Running from a cached middle-layer state must reproduce the full pass; else exact search is unsafe."""
-        hidden, logits = self.layer_inputs(prep.rows(slice(0, 1)))
+        hidden, _ = self.layer_inputs(prep.rows(slice(0, 1)))
+        full = self.last_logits(prep.rows(slice(0, 1)), tail_only=False)
         mid = self.num_layers // 2
         again = self.run_from_layer(prep.rows(slice(0, 1)), mid, hidden[mid])
-        diff = (again.softmax(-1) - logits.softmax(-1)).abs().max().item()
+        diff = (again.softmax(-1) - full.softmax(-1)).abs().max().item()
         if diff > atol:
             raise VseamError(
                 f"model '{self.entry.name}': running layers {mid}.. from a cached hidden state differs from a full "
@@ -315,6 +335,16 @@ class VLM:
         probs = logits.float().softmax(-1)
         pred = probs.argmax(-1)
         return Scores(probs.gather(1, gold[:, None])[:, 0], pred, pred == gold)
+
+
+@contextlib.contextmanager
+def _pre_hook(module: nn.Module, fn) -> Iterator[None]:
+    """A forward pre-hook on `module` for the duration of the block."""
+    handle = module.register_forward_pre_hook(fn)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def weights_source(entry: ModelEntry) -> str:
