@@ -7,6 +7,7 @@ import pytest
 
 from vseam_run.search import STRATEGIES, SearchItem, search_heads, verify_candidates
 from vseam_run.search.scoring import head_matrices
+from vseam_run.search.strategies import offset_picks
 
 
 @pytest.fixture
@@ -42,6 +43,45 @@ def test_attribution_tracks_exact_and_verify_reports_exact_scores(tiny_vlm, item
     np.testing.assert_allclose(ver.effects[:, ver.verified], ex.effects[:, ver.verified], atol=1e-6)
     for l, h, _ in ver.matrices.top_positive + ver.matrices.top_negative:
         assert ver.verified[l, h], "only exactly re-scored heads may be reported"
+
+
+@pytest.mark.parametrize("mode", ["mean", "zero"])
+def test_attribution_offsets(tiny_vlm, items, mode):
+    """First order + one offset per layer and group (answered right / wrong), measured exactly:
+    the sampled heads carry their exact effect, every other head its first-order estimate
+    shifted by the mean exact − first-order difference of its layer's and group's samples."""
+    from vseam_run.search.strategies import attribution_effects, exact_effects, first_order_effects
+
+    first = first_order_effects(tiny_vlm, items, mode, batch_size=2)
+    ex = exact_effects(tiny_vlm, items, mode, batch_size=2)
+    att = attribution_effects(tiny_vlm, items, mode, batch_size=2, batch_rows=3, offset_samples=2)
+    Q, L, H = ex.effects.shape
+    assert np.abs(ex.effects - first.effects).max() > 1e-5, "first order should not be exact here, or this is vacuous"
+    np.testing.assert_array_equal(att.correct, ex.correct)
+    picks = offset_picks(ex.correct, L, H, 2)
+    for group in (ex.correct, ~ex.correct):
+        qs = np.flatnonzero(group)
+        if not len(qs):
+            continue
+        for l in range(L):
+            sampled = [(q, picks[q, l]) for q in qs if picks[q, l] >= 0]
+            assert len(sampled) == min(2, len(qs))
+            shift = np.mean([ex.effects[q, l, h] - first.effects[q, l, h] for q, h in sampled])
+            for q in qs:
+                for h in range(H):
+                    want = ex.effects[q, l, h] if (q, h) in sampled else first.effects[q, l, h] + shift
+                    assert abs(att.effects[q, l, h] - want) <= 1e-5
+    none = attribution_effects(tiny_vlm, items, mode, batch_size=2, offset_samples=None)
+    np.testing.assert_array_equal(none.effects, first.effects)
+
+
+def test_offset_picks_spread_over_groups_and_heads():
+    correct = np.array([True] * 6 + [False] * 3)
+    picks = offset_picks(correct, layers=5, heads=4, samples=2)
+    for l in range(5):
+        assert (picks[:6, l] >= 0).sum() == 2 and (picks[6:, l] >= 0).sum() == 2
+    assert set(np.unique(picks[picks >= 0])) == {0, 1, 2, 3}  # every head serves
+    assert ((picks >= 0).sum(1) > 0).sum() == 4  # the same questions in every layer
 
 
 def test_scoring_by_hand():

@@ -92,7 +92,8 @@ class SearchSpec(_Strict):
         "exact",
         description="reference: one batch-1 pass per head and question (the original method). exact: the same "
         "numbers, batched and with shared prefixes. attribution: first-order estimate from one backward "
-        "pass. attribution+verify: attribution ranks, exact re-scores the top verify_k.",
+        "pass, plus one exactly measured offset per question and layer (1/heads of exact's cost). "
+        "attribution+verify: attribution ranks, exact re-scores the top verify_k.",
     )
     scoring: Literal["subset", "signed"] = Field(
         "subset",

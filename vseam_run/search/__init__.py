@@ -108,9 +108,9 @@ def search_heads(
         done, on_layer = layer_store("exact")
         eff = exact_effects(vlm, items, ablation, batch_size=batch_size, batch_rows=batch_rows, done=done, on_layer=on_layer)
     elif strategy == "attribution":
-        eff = attribution_effects(vlm, items, ablation, batch_size=batch_size)
+        eff = attribution_effects(vlm, items, ablation, batch_size=batch_size, batch_rows=batch_rows)
     else:
-        att = attribution_effects(vlm, items, ablation, batch_size=batch_size)
+        att = attribution_effects(vlm, items, ablation, batch_size=batch_size, batch_rows=batch_rows)
         verified = verify_candidates(att.effects, att.correct, scoring, verify_k or 3 * top_k)
         done, on_layer = layer_store("verify")
         ex = exact_effects(
