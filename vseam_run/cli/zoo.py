@@ -16,9 +16,9 @@ app = typer.Typer(help="The built-in toy models.", no_args_is_help=True)
 def train(
     name: Annotated[str, typer.Argument(help="toy-llava or toy-instructblip")],
     out: Annotated[Optional[Path], typer.Option("--out", help="Checkpoint folder (default: the shipped one inside the package).")] = None,
-    steps: Annotated[Optional[int], typer.Option("--steps", help="Override the recipe's number of steps.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Override the recipe's maximum number of steps (training also stops early once held-out accuracy reaches the recipe's floors).")] = None,
 ) -> None:
-    """Train a toy model on the toy world (seeded; ≈10–15 min on 2 CPU cores) and report held-out accuracy.
+    """Train a toy model on the toy world (seeded; ≈6–8 min on 2 CPU cores) and report held-out accuracy.
 
     Examples:
 
@@ -34,6 +34,6 @@ def train(
         raise VseamError(f"unknown toy model '{name}'", hint=f"choose from {', '.join(RECIPES)}")
     c = console()
     rep = run_train(name, out, steps=steps, log=lambda s: c.print(s, highlight=False))
-    c.print(f"[bold]{name}[/] trained in {rep['train_seconds']:.0f}s; held-out accuracy:")
+    c.print(f"[bold]{name}[/] trained for {rep['steps_run']} steps in {rep['train_seconds']:.0f}s; held-out accuracy:")
     for k, v in rep["held_out_accuracy"].items():
         c.print(f"  {k:24s} {v:.3f}", highlight=False)
