@@ -22,10 +22,21 @@ import torch
 import torch.nn.functional as F
 
 from vseam_run.data import toyworld
+from vseam_run.data.toyworld.render import shape_masks
+from vseam_run.data.toyworld.world import COLORS, KINDS, MATERIALS, SPATIAL_RELATIONS, spatial_holds, spatial_margin
 from vseam_run.progress import progress
 from vseam_run.zoo.build import TinyVLMConfig, save, tiny_instructblip, tiny_llava
 
 ZOO_DIR = Path(__file__).resolve().parent
+
+LEVELS = ("object", "attribute", "relation")
+
+#: Per-kind facts a question can ask about (kind_facts): present, color, material, the centre's
+#: x and y as ordinal thresholds (x > 1/8, x > 2/8, ...), and which kinds the object is linked to.
+THRESHOLDS = tuple(i / 8 for i in range(1, 8))
+FACT_GROUPS = {"present": slice(0, 1), "color": slice(1, 5), "material": slice(5, 8), "x": slice(8, 15),
+               "y": slice(15, 22), "links": slice(22, 28)}
+N_PAIR_FACTS = 5  # pair_facts: four spatial relations and the link
 
 
 @dataclass
@@ -99,18 +110,8 @@ class Encoded:
         return {k: v[idx] for k, v in self.inputs.items()}, self.answers[idx]
 
 
-LEVELS = ("object", "attribute", "relation")
-N_PAIR_FACTS = 5  # pair_facts: four spatial relations and the link
-
-#: Per-kind facts a question can ask about: present, color, material, the centre's x and y
-#: as ordinal thresholds (x > 1/8, x > 2/8, ...), and which kinds the object is linked to.
-THRESHOLDS = tuple(i / 8 for i in range(1, 8))
-
-
 def kind_facts(scene) -> np.ndarray:
     """[kinds, F] table: one row per kind of the world, zeros where the scene lacks that kind."""
-    from vseam_run.data.toyworld.world import COLORS, KINDS, MATERIALS
-
     by_kind = {o.kind: o for o in scene.objects}
     rows = np.zeros((len(KINDS), 1 + len(COLORS) + len(MATERIALS) + 2 * len(THRESHOLDS) + len(KINDS)), np.float32)
     for i, k in enumerate(KINDS):
@@ -126,9 +127,6 @@ def kind_facts(scene) -> np.ndarray:
 
 def patch_kinds(scene, patch: int) -> np.ndarray:
     """[patches] index into KINDS of the object covering most of each patch, -1 for background."""
-    from vseam_run.data.toyworld.render import shape_masks
-    from vseam_run.data.toyworld.world import KINDS
-
     g = scene.width // patch
     cover = np.zeros((len(KINDS) + 1, scene.height, scene.width), np.float32)
     for o in scene.objects:
@@ -141,8 +139,6 @@ def patch_kinds(scene, patch: int) -> np.ndarray:
 def pair_facts(scene, first: str, second: str) -> list[float]:
     """How the first-named object relates to the second: left of, right of, above, below
     (clear relations only) and linked."""
-    from vseam_run.data.toyworld.world import SPATIAL_RELATIONS, spatial_holds, spatial_margin
-
     a, b = scene.by_kind(first), scene.by_kind(second)
     if a is None or b is None:
         return [0.0] * (len(SPATIAL_RELATIONS) + 1)
@@ -263,8 +259,6 @@ def image_forward(model, arch: str, inputs: dict[str, torch.Tensor]) -> None:
 
 
 def encode(processor, prompt: str, examples: list, patch_size: int) -> Encoded:
-    from vseam_run.data.toyworld.world import KINDS
-
     processor.tokenizer.padding_side = "left"
     texts = [prompt.format(question=e.question) for e in examples]
     batch = processor(images=[e.image for e in examples], text=texts, return_tensors="pt", padding=True)
@@ -402,10 +396,6 @@ def train(name: str, out_dir: Path | None = None, *, steps: int | None = None, q
               "parameters": sum(p.numel() for p in model.parameters())}
     (out_dir / "train_report.json").write_text(json.dumps(report, indent=2))
     return report
-
-
-FACT_GROUPS = {"present": slice(0, 1), "color": slice(1, 5), "material": slice(5, 8), "x": slice(8, 15),
-               "y": slice(15, 22), "links": slice(22, 28)}
 
 
 @torch.no_grad()
