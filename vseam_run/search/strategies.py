@@ -130,10 +130,17 @@ def exact_effects(
     L, H, Q = vlm.num_layers, vlm.num_heads, len(items)
     if picks is None:
         heads = np.ones((L, H), dtype=bool) if heads is None else heads
-        rows_of = lambda l, b, n: [(q, int(h)) for q in range(n) for h in np.flatnonzero(heads[l])]  # noqa: E731
+        picks_of = np.where(heads, np.arange(H), -1)  # [L, H]: every allowed head, every question
+
+        def rows_of(layer: int, offset: int, n: int) -> list[tuple[int, int]]:
+            return [(q, int(h)) for q in range(n) for h in picks_of[layer] if h >= 0]
+
         per_layer = heads.sum(1) * Q
     else:
-        rows_of = lambda l, b, n: [(q, int(picks[b + q, l])) for q in range(n) if picks[b + q, l] >= 0]  # noqa: E731
+
+        def rows_of(layer: int, offset: int, n: int) -> list[tuple[int, int]]:
+            return [(q, int(picks[offset + q, layer])) for q in range(n) if picks[offset + q, layer] >= 0]
+
         per_layer = (picks >= 0).sum(0)
     batches = _prepare_batches(vlm, items, batch_size)
     vlm.check_truncation(batches[0].prep)
