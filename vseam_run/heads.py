@@ -8,11 +8,12 @@ contribution to the residual stream.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal
+from typing import Callable, Literal
 
 import torch
+
+from vseam_run.vlm import pre_hooks
 
 AblationMode = Literal["mean", "zero"]
 
@@ -69,15 +70,9 @@ class HeadEdit:
         return x
 
 
-@contextlib.contextmanager
-def _o_proj_pre_hooks(vlm, hooks: dict[int, Callable]) -> Iterator[None]:
-    """Register forward pre-hooks on the o_proj of the given layers for the block's duration."""
-    handles = [vlm.o_proj(layer).register_forward_pre_hook(fn) for layer, fn in hooks.items()]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+def _o_proj_pre_hooks(vlm, hooks: dict[int, Callable]):
+    """Context manager: forward pre-hooks on the o_proj of the given layers for the block's duration."""
+    return pre_hooks([(vlm.o_proj(layer), fn) for layer, fn in hooks.items()])
 
 
 def edit_heads(vlm, edits: dict[int, HeadEdit]):

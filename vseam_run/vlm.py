@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -256,7 +256,7 @@ class VLM:
         compares against a pass without this.
         """
         mlp = get_module(self.layers[self.num_layers - 1], self.entry.modules.mlp)
-        return _pre_hook(mlp, lambda _m, args: (args[0][:, -1:],) + tuple(args[1:]))
+        return pre_hooks([(mlp, lambda _m, args: (args[0][:, -1:],) + tuple(args[1:]))])
 
     def run_from_layer(self, prep: Prepared, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         return self.last_logits(prep, start_layer=layer, hidden=hidden)
@@ -337,13 +337,14 @@ class VLM:
 
 
 @contextlib.contextmanager
-def _pre_hook(module: nn.Module, fn) -> Iterator[None]:
-    """A forward pre-hook on `module` for the duration of the block."""
-    handle = module.register_forward_pre_hook(fn)
+def pre_hooks(hooks: Sequence[tuple[nn.Module, Callable]]) -> Iterator[None]:
+    """Forward pre-hooks (module, fn) registered for the duration of the block."""
+    handles = [module.register_forward_pre_hook(fn) for module, fn in hooks]
     try:
         yield
     finally:
-        handle.remove()
+        for h in handles:
+            h.remove()
 
 
 def weights_source(entry: ModelEntry) -> str:

@@ -154,6 +154,14 @@ def final_norm(model, arch: str) -> torch.nn.Module:
     return model.model.language_model.norm if arch == "llava" else model.language_model.model.norm
 
 
+def facts_at(index: torch.Tensor, facts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a [B, T] kind index (-1 = none) and the [B, K, F] facts: the mask of indexed tokens and
+    the facts row of each of them, in mask order."""
+    on = index >= 0
+    b = torch.arange(len(index)).unsqueeze(1).expand_as(index)[on]
+    return on, facts[b, index[on]]
+
+
 class PatchReader(torch.nn.Module):
     """Reads, off each token of an image sequence, which kind covers its patch and that object's facts."""
 
@@ -165,10 +173,9 @@ class PatchReader(torch.nn.Module):
     def loss(self, feats: torch.Tensor, kinds: torch.Tensor, facts: torch.Tensor) -> torch.Tensor:
         """feats [B, P, D], kinds [B, P] (-1 = background), facts [B, K, F]."""
         loss = F.cross_entropy(self.kind(feats).flatten(0, 1), (kinds + 1).flatten())
-        on = kinds >= 0
+        on, target = facts_at(kinds, facts)
         if on.any():
-            b = torch.arange(len(kinds)).unsqueeze(1).expand_as(kinds)[on]
-            loss = loss + F.binary_cross_entropy_with_logits(self.facts(feats[on]), facts[b, kinds[on], 1:])
+            loss = loss + F.binary_cross_entropy_with_logits(self.facts(feats[on]), target[:, 1:])
         return loss
 
 
@@ -211,9 +218,7 @@ class AuxHeads(torch.nn.Module):
 
     def mention_loss(self, hidden: torch.Tensor, mention: torch.Tensor, facts: torch.Tensor) -> torch.Tensor:
         """hidden [B, T, D], mention [B, T] (kind index of a kind word, -1 elsewhere)."""
-        on = mention >= 0
-        b = torch.arange(len(mention)).unsqueeze(1).expand_as(mention)[on]
-        target = facts[b, mention[on]]
+        on, target = facts_at(mention, facts)
         return _facts_bce(self.mention_facts(hidden[on]), target)
 
     def answer_loss(self, hidden: torch.Tensor, subject: torch.Tensor, obj: torch.Tensor, facts: torch.Tensor,
@@ -412,15 +417,12 @@ def aux_accuracy(model, aux: AuxHeads, data: Encoded, seen: dict, n: int = 256) 
             continue
         feats = seen["patches" if site == "patch" else "queries"]
         out[f"{site}.kind"] = float((reader.kind(feats).argmax(-1) - 1 == kinds).float().mean())
-        on = kinds >= 0
-        b = torch.arange(len(idx)).unsqueeze(1).expand_as(kinds)[on]
-        pred, truth = reader.facts(feats[on]) > 0, facts[b, kinds[on], 1:] > 0.5
+        on, target = facts_at(kinds, facts)
+        pred, truth = reader.facts(feats[on]) > 0, target[:, 1:] > 0.5
         for g, s in list(FACT_GROUPS.items())[1:]:
             out[f"{site}.{g}"] = float((pred[:, s.start - 1 : s.stop - 1] == truth[:, s.start - 1 : s.stop - 1]).float().mean())
-    mention = data.mention[idx]
-    on = mention >= 0
-    b = torch.arange(len(idx)).unsqueeze(1).expand_as(mention)[on]
-    truth = facts[b, mention[on]] > 0.5
+    on, target = facts_at(data.mention[idx], facts)
+    truth = target > 0.5
     pred = aux.mention_facts(seen["hidden"][on]) > 0
     for g, s in FACT_GROUPS.items():
         rows = slice(None) if g == "present" else truth[:, 0]
