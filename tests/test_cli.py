@@ -432,7 +432,7 @@ SEARCH_SPEC = BASELINE_SPEC + "search: {{strategy: exact, scoring: signed}}\n"
 
 
 def test_failure_mid_way_is_recorded(capsys, here, tiny_llava_entry, monkeypatch):
-    def broken_search(self, items):
+    def broken_search(self, *args):
         raise RuntimeError("search exploded")
 
     monkeypatch.setattr(pipeline._Stages, "_search", broken_search)
@@ -457,7 +457,7 @@ def test_interrupt_then_resume(capsys, here, tiny_llava_entry, monkeypatch):
     spec = here / "spec.yaml"
     spec.write_text(SEARCH_SPEC.format(name="resumable", model=tiny_llava_entry))
     db = here / "runs.db"
-    real_save = pipeline._StoreCheckpointer.save
+    real_save = pipeline.StageCheckpointer.save
     saved: list[str] = []
 
     def save_then_interrupt(self, key, payload):
@@ -465,7 +465,7 @@ def test_interrupt_then_resume(capsys, here, tiny_llava_entry, monkeypatch):
         saved.append(key)
         raise KeyboardInterrupt  # Ctrl-C right after the first layer of the search is stored
 
-    monkeypatch.setattr(pipeline._StoreCheckpointer, "save", save_then_interrupt)
+    monkeypatch.setattr(pipeline.StageCheckpointer, "save", save_then_interrupt)
     rc, out, err = call(capsys, "run", spec, "--db", db)
     assert rc == 130 and "Traceback" not in out + err
     assert "--resume" in out
@@ -479,7 +479,7 @@ def test_interrupt_then_resume(capsys, here, tiny_llava_entry, monkeypatch):
         real_save(self, key, payload)
         saved.append(key)
 
-    monkeypatch.setattr(pipeline._StoreCheckpointer, "save", save_and_note)
+    monkeypatch.setattr(pipeline.StageCheckpointer, "save", save_and_note)
     rc, out, err = call(capsys, "run", "--resume", run_id, "--db", db)
     assert rc == 0, err
     assert saved == ["exact:0", "exact:1", "exact:2"]  # layer 0 came from the checkpoint

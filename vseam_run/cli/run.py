@@ -17,7 +17,8 @@ def run(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a field: --set search.strategy=attribution (repeatable).")] = None,
     device: DeviceOption = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue an interrupted or failed run (id, prefix or 'latest').")] = None,
-) -> None:
+    force: Annotated[bool, typer.Option("--force", help="With --resume: take over a run that still looks alive.")] = False,
+) -> int:
     """Run an experiment spec and record it in the run registry.
 
     Examples:
@@ -27,8 +28,10 @@ def run(
       vseam run specs/quickstart.yaml --set search.strategy=attribution --set data.toyworld.images=100
 
       vseam run --resume latest
+
+    A resumed run keeps its spec: --set may not change a field of it (start a new run instead).
     """
-    from vseam_run import pipeline
+    from vseam_run import lifecycle, pipeline
     from vseam_run.spec import load_spec, validate_doc
     from vseam_run.store import RunStore
     from vseam_run.yamlio import parse_yaml
@@ -48,7 +51,11 @@ def run(
             raise VseamError("vseam run needs a SPEC file (or --resume RUN)", hint="e.g. vseam run specs/quickstart.yaml")
         spec_obj = load_spec(spec, overrides)
         run_id = None
-    out = pipeline.run(spec_obj, store, resume=run_id, log=lambda s: console().print(s, highlight=False, markup=False))
+    try:
+        out = pipeline.run(spec_obj, store, resume=run_id, force=force, log=lambda s: console().print(s, highlight=False, markup=False))
+    except KeyboardInterrupt as e:
+        # The pipeline recorded it and printed how to resume; exit as the shell would: 130, 143, 129.
+        return lifecycle.exit_code(e)
     c = console()
     c.print(f"\n[bold green]run {out.run_id} succeeded[/]")
     keys = [k for k in ("baseline.accuracy", "baseline.gold_prob", "edit.accuracy", "search.seconds", "modulation.lambda",
@@ -57,3 +64,4 @@ def run(
     for k in keys:
         c.print(f"  {k:34s} {out.metrics[k]:.4g}", highlight=False)
     c.print(f"details: vseam show {out.run_id}" + ("" if db == DEFAULT_DB else f" --db {db}"), highlight=False)
+    return 0

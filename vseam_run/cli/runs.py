@@ -23,6 +23,7 @@ STATUS_STYLES = {
     "succeeded": "bold green",
     "failed": "bold red",
     "interrupted": "bold magenta",
+    "lost": "bold red",  # stored as running, but nobody runs it any more
 }
 
 
@@ -61,7 +62,7 @@ def run_duration(run: RunRecord) -> str:
     """Total time of a finished run; elapsed time with a trailing ``…`` while running."""
     if run.finished_at is not None:
         return format_duration(run.duration_s)
-    return format_duration(run.elapsed_s()) + "…" if run.status == "running" else "—"
+    return format_duration(run.elapsed_s()) + "…" if run.shown_status() == "running" else "—"
 
 
 def format_value(value: float | None) -> str:
@@ -163,7 +164,7 @@ def runs(
         table.add_row(
             r.id,
             r.name,
-            status_text(r.status),
+            status_text(r.shown_status()),
             r.model_name or "—",
             format_time(r.created_at, seconds=False),
             run_duration(r),

@@ -15,6 +15,8 @@ import json
 import math
 import os
 import secrets
+import socket
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -41,11 +43,15 @@ from vseam_run.store.schema import (
     Metric,
     QuestionResult,
     Run,
+    migrate,
 )
 
 # Keys accepted by `log_question_results`; anything else is a caller's typo.
 _QUESTION_KEYS = frozenset({"qid", "split", "category", "gold", "pred", "correct", "gold_prob", "extra"})
 _HASH_CHUNK = 1 << 20
+# One transaction at a time per process: a run's heartbeat thread writes beside the main
+# thread, and an in-memory registry shares one connection between them.
+_TX_LOCK = threading.RLock()
 
 
 class StageCount(NamedTuple):
@@ -210,10 +216,7 @@ class RunStore:
             if found is None:
                 conn.execute(Meta.__table__.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
             elif found < SCHEMA_VERSION:
-                # No older versions exist yet; a future migration goes here, before the bump.
-                conn.execute(
-                    Meta.__table__.update().where(Meta.key == "schema_version").values(value=str(SCHEMA_VERSION))
-                )
+                migrate(conn, found)
 
     def close(self) -> None:
         """Release the database connections (the file stays consistent either way)."""
@@ -232,7 +235,7 @@ class RunStore:
     def _tx(self) -> Iterator[Session]:
         """One short transaction that commits on exit, so each write is durable at once."""
         try:
-            with self._sessions.begin() as session:
+            with _TX_LOCK, self._sessions.begin() as session:
                 yield session
         except OperationalError as e:
             # Disk full, read-only file, a lock held too long: the user can act on these.
@@ -262,8 +265,13 @@ class RunStore:
         device: str | None = None,
         seed: int | None = None,
         resumed_from: str | None = None,
+        host: str | None = None,
+        pid: int | None = None,
     ) -> str:
-        """Record a new run in state ``running`` and return its id (e.g. ``20261126-211530-3fa2c1``)."""
+        """Record a new run in state ``running`` and return its id (e.g. ``20261126-211530-3fa2c1``).
+
+        ``host`` and ``pid`` (default: this process) say who runs it; its heartbeat starts now.
+        """
         for _ in range(5):
             now = datetime.now(timezone.utc)
             run = Run(
@@ -282,6 +290,9 @@ class RunStore:
                 seed=seed,
                 resumed_from=resumed_from,
                 resume_count=0,
+                host=host or socket.gethostname(),
+                pid=os.getpid() if pid is None else pid,
+                heartbeat_at=now.replace(tzinfo=None),
             )
             try:
                 with self._tx() as session:
@@ -315,15 +326,23 @@ class RunStore:
     def mark_resumed(self, run_id: str) -> None:
         """Put a failed or interrupted run back to ``running`` for ``vseam run --resume``.
 
-        Its checkpoints, metrics and results stay; ``resume_count`` goes up by one.
+        Its checkpoints, metrics and results stay; ``resume_count`` goes up by one; this
+        process becomes its owner (host, pid) and its heartbeat starts again.
         """
         with self._tx() as session:
             run = self._run(session, run_id)
+            run.host, run.pid, run.heartbeat_at = socket.gethostname(), os.getpid(), _utcnow()
             run.status = "running"
             run.finished_at = None
             run.error_message = None
             run.error_traceback = None
             run.resume_count = (run.resume_count or 0) + 1
+
+    def heartbeat(self, run_id: str, at: datetime | None = None) -> None:
+        """Note that the run is alive (now, or at ``at``, an aware time: tests age a run with it)."""
+        stamp = _utcnow() if at is None else at.astimezone(timezone.utc).replace(tzinfo=None)
+        with self._tx() as session:
+            self._run(session, run_id).heartbeat_at = stamp
 
     def update_spec(self, run_id: str, spec_yaml: str, spec_hash: str) -> None:
         """Replace the stored resolved spec (e.g. once defaults resolved at run time are known)."""
@@ -629,6 +648,9 @@ class RunStore:
                     resume_count=r.resume_count or 0,
                     metrics=metrics[r.id],
                     artifacts=artifacts[r.id],
+                    host=r.host,
+                    pid=r.pid,
+                    heartbeat_at=_aware(r.heartbeat_at),
                 )
             )
         return records
