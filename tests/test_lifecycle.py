@@ -98,7 +98,10 @@ main()
 def test_sigterm_to_a_real_process(tmp_path, tiny_llava_entry):
     """The process a scheduler stops: exit 143, status interrupted, one line saying how to resume."""
     (tmp_path / "spec.yaml").write_text(SEARCH_SPEC.format(name="term", model=tiny_llava_entry))
-    env = {**os.environ, "VSEAM_QUIET": "1", "HF_HUB_OFFLINE": "1"}
+    # This checkout's vseam_run, whatever an installed copy elsewhere says.
+    root = str(Path(pipeline.__file__).resolve().parents[1])
+    env = {**os.environ, "VSEAM_QUIET": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])}
     proc = subprocess.Popen([sys.executable, "-c", SIGTERM_SCRIPT], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

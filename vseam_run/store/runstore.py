@@ -195,6 +195,10 @@ class RunStore:
     def _prepare_schema(self) -> None:
         """Create missing tables and record/verify the schema version, in one transaction."""
         with self._engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                # Take the write lock before looking: processes opening a new file at once must
+                # not both find it empty and both create it (the others wait, then see it made).
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
             tables = set(inspect(conn).get_table_names())
             found: int | None = None
             if "meta" in tables:
