@@ -30,6 +30,10 @@ DeviceOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 
 
+class Interrupted(Exception):
+    """Ctrl-C (or SIGTERM) that a command has already reported in its one line; exit 130."""
+
+
 def console() -> Console:
     """A console bound to the current stdout (so in-process tests capture it)."""
     return Console(file=sys.stdout, soft_wrap=True)
