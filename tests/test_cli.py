@@ -499,3 +499,98 @@ def test_interrupt_then_resume(capsys, here, tiny_llava_entry, monkeypatch):
     # A succeeded run has nothing to resume.
     rc, out, err = call(capsys, "run", "--resume", run_id, "--db", db)
     assert_user_error(rc, out, err, "already succeeded")
+
+
+# --- usage errors: usage line + message, exit 2, never a traceback (issue 9) --------------------
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        ([], "Usage: vseam"),  # bare `vseam`: the help, on stderr, exit 2
+        (["nope"], "No such command 'nope'"),
+        (["--bogus"], "No such option: --bogus"),
+        (["runs", "--bogus"], "No such option: --bogus"),
+        (["show"], "Missing argument"),
+        (["runs", "--limit", "abc"], "Invalid value for '--limit'"),
+        (["compare", "only-one"], "Missing argument 'run_b'"),
+        (["specs", "cp"], "Missing argument"),
+    ],
+    ids=["bare", "unknown-command", "unknown-option", "unknown-sub-option", "missing-arg", "limit-abc", "compare-one", "specs-cp"],
+)
+def test_usage_errors_exit_2_without_traceback(capsys, argv, fragment):
+    rc, out, err = call(capsys, *argv)
+    assert rc == 2, (rc, out, err)
+    assert "Traceback" not in out + err and 'File "' not in out + err
+    assert "Usage: vseam" in out + err and fragment in out + err, (out, err)
+
+
+def test_usage_error_in_a_real_process():
+    """The installed entry point, not just the in-process function: exit 2, usage on stderr."""
+    proc = subprocess.run([sys.executable, "-m", "vseam_run", "runs", "--limit", "abc"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc
+    assert "Usage: vseam runs" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_version(capsys):
+    from vseam_run import __version__
+
+    rc, out, err = call(capsys, "--version")
+    assert rc == 0 and out.strip() == f"vseam {__version__}", (out, err)
+
+
+def test_usage_errors_are_caught_by_behaviour_whatever_click_raised_them(capsys, monkeypatch):
+    """A click-like exception from a click the code does not import (e.g. typer's vendored
+    copy in another version): recognised by `.show()` and `.exit_code`, not by class."""
+    from vseam_run.cli import main
+
+    class ForeignUsageError(Exception):
+        exit_code = 2
+
+        def show(self) -> None:
+            print("Usage: vseam runs [OPTIONS]\nError: from a foreign click", file=sys.stderr)
+
+    def raise_foreign(*a, **k):
+        raise ForeignUsageError()
+
+    from vseam_run.cli import runs
+
+    call(capsys, "--help")  # registers the commands
+    monkeypatch.setattr(runs, "open_registry", raise_foreign)
+    rc, out, err = call(capsys, "runs")
+    assert rc == 2 and "from a foreign click" in err and "Traceback" not in err
+    # typer's Exit/Abort and click's (when click is installed) are both handled as such.
+    import typer
+
+    assert typer.Exit in main._EXIT and typer.Abort in main._ABORT
+    try:
+        import click
+    except ImportError:
+        pass
+    else:
+        assert click.exceptions.Exit in main._EXIT and click.exceptions.Abort in main._ABORT
+
+
+def test_ctrl_c_before_a_run_starts_prints_one_line(capsys, here, tiny_llava_entry, monkeypatch):
+    def interrupted(spec):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "preflight", interrupted)
+    rc, out, err = call(capsys, "run", write_spec(here, tiny_llava_entry), "--db", here / "runs.db")
+    assert rc == 130
+    assert "Traceback" not in out + err
+    assert (out + err).strip() == "interrupted"
+    assert not (here / "runs.db").exists()  # nothing was started, nothing created
+
+
+def test_ctrl_c_during_a_run_prints_one_line(capsys, here, tiny_llava_entry, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.ScoredSet, "score_once", interrupted)  # Ctrl-C in the baseline
+    spec = here / "spec.yaml"
+    spec.write_text(BASELINE_SPEC.format(name="ctrl-c", model=tiny_llava_entry))
+    rc, out, err = call(capsys, "run", spec, "--db", here / "runs.db")
+    assert rc == 130 and "Traceback" not in out + err
+    lines = [l for l in (out + err).splitlines() if "interrupt" in l]
+    assert len(lines) == 1 and "--resume" in lines[0], out + err

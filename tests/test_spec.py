@@ -58,11 +58,28 @@ def test_shipped_spec_validates(path: Path):
 
 
 def test_validate_command_accepts_every_shipped_file(capsys):
+    """--spec-only: the GPU specs are for another machine (CUDA, 7B weights, GQA on disk)."""
     from vseam_run.cli.main import cli
 
-    assert cli(["validate", *map(str, SPECS + ENTRIES)]) == 0
+    assert cli(["validate", "--spec-only", *map(str, SPECS + ENTRIES)]) == 0
     out = capsys.readouterr().out
     assert out.count("ok") == len(SPECS) + len(ENTRIES)
+
+
+def test_validate_checks_the_machine_by_default(capsys, tmp_path, monkeypatch):
+    """Without --spec-only a spec is checked as `vseam run` would before loading the model: the
+    toy specs can run here; a GPU spec names each thing this machine lacks, all at once."""
+    from vseam_run.cli.main import cli
+
+    monkeypatch.chdir(tmp_path)  # relative data paths and workdirs resolve here
+    toy = [p for p in SPECS if p.stem.startswith("toy_") or p.stem == "quickstart"]
+    assert toy and cli(["validate", *map(str, toy)]) == 0
+    capsys.readouterr()
+    gpu = REPO / "specs" / "llava_attributes.yaml"
+    assert cli(["validate", str(gpu)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot run on this machine" in err
+    assert "data.path: question file not found" in err and "evaluate.extra.1.path" in err
 
 
 @pytest.mark.parametrize("path", ENTRIES, ids=lambda p: p.name)

@@ -88,7 +88,12 @@ def run_app(typer_app: typer.Typer, argv: list[str] | None) -> int:
     try:
         if typer_app is app and not app.registered_commands:
             _register()
-        rv = typer_app(args=argv, prog_name="vseam", standalone_mode=False)
+        # The click command is driven directly (make_context + invoke, click's own API) rather
+        # than through typer's main(), which turns a Ctrl-C into a silent exit code 130 and
+        # formats errors itself; here every ending reaches the handlers below.
+        command = typer.main.get_command(typer_app)
+        with command.make_context("vseam", list(sys.argv[1:] if argv is None else argv)) as ctx:
+            rv = command.invoke(ctx)
     except VseamError as e:
         # The message is plain text: a path like data/[old]/q.json must not be read as markup.
         common.err_console().print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
@@ -100,11 +105,9 @@ def run_app(typer_app: typer.Typer, argv: list[str] | None) -> int:
     except _ABORT:
         return _interrupted()
     except _EXIT as e:
-        code = int(getattr(e, "exit_code", 0) or 0)
-        # typer turns a Ctrl-C inside the command into Exit(130), keeping the interrupt as cause.
-        if isinstance(e.__cause__, KeyboardInterrupt) or isinstance(e.__context__, KeyboardInterrupt):
-            return _interrupted() if code == 130 else code
-        return code
+        return int(getattr(e, "exit_code", 0) or 0)
+    except EOFError:  # stdin closed under a prompt
+        return _interrupted()
     except Exception as e:
         if not _is_usage_error(e):
             raise
