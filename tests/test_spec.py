@@ -350,3 +350,74 @@ def test_content_hash_tracks_content():
     a, b = validate(BASE), validate(BASE, ["seed=1"])
     assert a.content_hash() == validate(BASE).content_hash()
     assert a.content_hash() != b.content_hash()
+
+
+# --- values found only after the whole search before issue 9 ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra, path, fragment",
+    [
+        ("seed: -1\n", "seed", "greater than or equal to 0"),
+        ("search: {}\nmodulation: {lam: auto, grid: []}\n", "modulation.grid", "the λ grid is empty"),
+        ("search: {}\nmodulation: {lam: auto, grid: [0, .nan, 1]}\n", "modulation.grid", "finite numbers (got nan)"),
+        ("search: {}\nmodulation: {lam: auto, grid: [0, .inf]}\n", "modulation.grid", "finite numbers (got inf)"),
+        ("search: {}\nmodulation: {lam: .nan}\n", "modulation.lam", "must be a finite number"),
+    ],
+    ids=["negative-seed", "empty-grid", "nan-grid", "inf-grid", "nan-lam"],
+)
+def test_unusable_values_are_spec_errors(extra, path, fragment):
+    err = only_error(BASE + extra)
+    assert err.startswith(f"{path}: ") and fragment in err, err
+
+
+def test_preflight_reports_every_machine_problem_at_once(tmp_path, monkeypatch):
+    """Head counts from the model's config (no weights), the workdir and the extra datasets'
+    question files: all found before anything loads, in one error."""
+    import vseam_run.vlm
+    from vseam_run import pipeline
+    from vseam_run.errors import VseamError
+
+    monkeypatch.setattr(vseam_run.vlm.VLM, "load", lambda *a, **k: pytest.fail("the model must not load"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "cocoqa_misc.csv").write_text(",id,q,a\n0,1,What is it,cat\n")
+    spec = validate(
+        BASE
+        + "workdir: a-file/work\n"
+        + "search: {top_k: 100}\n"
+        + "modulation: {policy: topk, k: 49}\n"
+        + "evaluate:\n  ablation: {k: 50}\n"
+        + "  extra: [{name: odd, source: cocoqa, path: cocoqa_misc.csv, images: images}]\n"
+    )
+    with pytest.raises(VseamError) as info:
+        pipeline.preflight(spec)
+    message = str(info.value)
+    for fragment in (
+        "search.top_k: 100 heads asked for, but toy-llava has 6 layers × 8 heads = 48",
+        "modulation.k: 49 heads asked for",
+        "evaluate.ablation.k: 50 heads asked for",
+        "workdir: a-file/work cannot be a folder: its parent a-file is a file",
+        "evaluate.extra.0: cocoqa_misc.csv: cannot tell the question type",
+    ):
+        assert fragment in message, (fragment, message)
+    assert not (tmp_path / "a-file.d").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "cocoqa_misc.csv", "images"]
+    # The same spec within the model's 48 heads and a usable workdir passes.
+    ok = validate(BASE + "search: {top_k: 48}\nevaluate:\n  ablation: {k: 48}\n")
+    entry, device = pipeline.preflight(ok)
+    assert entry.name == "toy-llava" and device.type == "cpu"
+
+
+@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root may write anywhere")
+def test_unwritable_workdir(tmp_path):
+    from vseam_run.checks import workdir_problems
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        (problem,) = workdir_problems(locked / "work")
+        assert "workdir: cannot write to" in problem and str(locked) in problem
+    finally:
+        locked.chmod(0o700)
