@@ -45,7 +45,6 @@ def run(
         if record.status == "succeeded":
             raise VseamError(f"run {run_id} already succeeded; nothing to resume")
         spec_obj = validate_doc(parse_yaml(record.spec_yaml, f"run {run_id} spec"), f"run {run_id} spec", overrides)
-        pipeline.preflight(spec_obj)
     else:
         if spec is None:
             raise VseamError("vseam run needs a SPEC file (or --resume RUN)", hint="e.g. vseam run quickstart (`vseam specs` lists the shipped specs)")

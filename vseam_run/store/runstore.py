@@ -250,7 +250,7 @@ class RunStore:
         except OperationalError as e:
             # Disk full, read-only file, a lock held too long: the user can act on these.
             raise VseamError(
-                f"run registry {self.where}: {e.orig}",
+                f"run registry {self.where}: {connect.mask(str(e.orig))}",
                 hint="check that the file is writable and not locked, or pass --db with another path",
             ) from e
 
