@@ -38,10 +38,10 @@ from vseam_run.ledger import StageCheckpointer, StageLedger
 from vseam_run.scoring import Item, ScoredSet, accuracy
 from vseam_run.search import SearchItem, SearchResult, search_heads
 from vseam_run.search.scoring import ranking_matrices
-from vseam_run.spec import ExtraDataSpec, Spec, data_file_problems
+from vseam_run.spec import ExtraDataSpec, Spec
 from vseam_run.splits import split_by_image
 from vseam_run.store import RunStore
-from vseam_run.vlm import VLM, weights_source
+from vseam_run.vlm import VLM
 
 Log = Callable[[Any], None]  # takes strings and rich renderables (tables)
 
@@ -72,24 +72,16 @@ __all__ = ["RunOutcome", "StageCheckpointer", "preflight", "run"]
 
 
 def preflight(spec: Spec) -> tuple[registry.ModelEntry, torch.device]:
-    """Everything a run needs that can be checked before loading anything: the device, the
-    model weights and the data files. All problems are reported together, at once."""
+    """Everything a run needs that can be checked before loading anything (checks.py): the
+    device, the weights, head counts against the model's config, the workdir and every
+    question file. All problems are reported together, at once."""
+    from vseam_run.checks import machine_problems
+
     entry = registry.get_entry(spec.model)
-    problems: list[str] = []
-    device = None
-    try:
-        device = resolve_device(spec.device)
-    except VseamError as e:
-        problems.append(str(e))
-    try:
-        weights_source(entry)
-    except VseamError as e:
-        problems.append(f"model: {e}")
-    problems += data_file_problems(spec)
+    problems = machine_problems(spec, entry)
     if problems:
         raise VseamError(f"spec '{spec.name}' cannot run on this machine:\n  " + "\n  ".join(problems))
-    assert device is not None
-    return entry, device
+    return entry, resolve_device(spec.device)
 
 
 def check_resumable(store: RunStore, run_id: str, spec: Spec, *, force: bool = False) -> None:

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -141,11 +142,11 @@ def runs(
         return
     out = console()
     if not records:
-        out.print(f"no runs in {db} yet — [bold]vseam run SPEC[/] records one")
+        out.print(f"no runs in {escape(store.where)} yet — [bold]vseam run SPEC[/] records one")
         return
     headlines = _fitting_headlines(headline_metrics(records), records, out.width)
     table = Table(
-        title=f"runs in {db}",
+        title=f"runs in {escape(store.where)}",
         title_justify="left",
         header_style="bold",
         box=box.SIMPLE_HEAD,

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from vseam_run.errors import VseamError
+from vseam_run.store import connect
 from vseam_run.store.records import ArtifactRecord, RunRecord
 from vseam_run.store.schema import (
     RUN_STATUSES,
@@ -140,21 +141,20 @@ class RunStore:
     """
 
     def __init__(self, url_or_path: str | os.PathLike[str], *, must_exist: bool = False) -> None:
-        self._engine, self.where = self._connect(str(url_or_path), must_exist=must_exist)
+        target = str(url_or_path)
+        self._timeout = connect.connect_timeout()
+        self._engine, self.where, password = self._connect(target, must_exist=must_exist, timeout=self._timeout)
+        is_sqlite = self._engine.url.get_backend_name() == "sqlite"
         try:
+            if not is_sqlite:
+                connect.first_connect(self._engine, self.where, self._timeout)
             self._prepare_schema()
-        except OperationalError as e:
+        except VseamError:
             self._engine.dispose()
-            raise VseamError(
-                f"cannot write run registry {self.where}: {e.orig}",
-                hint="pass --db with a writable path",
-            ) from e
-        except DatabaseError as e:
+            raise
+        except (DatabaseError, OperationalError) as e:
             self._engine.dispose()
-            raise VseamError(
-                f"{self.where} is not a usable run registry: {e.orig}",
-                hint="pass --db with a vseam registry file, or a new path to start one",
-            ) from e
+            raise connect.classify(self.where, e, is_sqlite=is_sqlite, password=password, timeout=self._timeout) from None
         except BaseException:
             self._engine.dispose()
             raise
@@ -163,34 +163,47 @@ class RunStore:
     # ------------------------------------------------------------------ opening
 
     @staticmethod
-    def _connect(target: str, *, must_exist: bool) -> tuple[Engine, str]:
-        """Build the engine; returns it with a printable name for messages (no password)."""
-        if target in ("", ":memory:"):
+    def _connect(target: str, *, must_exist: bool, timeout: float) -> tuple[Engine, str, str | None]:
+        """Build the engine; returns it with a printable name for messages (no password) and the
+        password (so messages from the driver can be scrubbed of it)."""
+        if target.strip() == "":
+            # An empty --db / VSEAM_DB is a mistake (an unset variable), not a wish for a
+            # throwaway registry whose runs vanish at exit.
+            raise VseamError(
+                "--db is empty",
+                hint="pass --db with a file path (e.g. runs.db) or a database URL; ':memory:' gives a throwaway registry",
+            )
+        if target == ":memory:":
             # One shared connection, else every pooled connection would see its own empty db.
             engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
             _install_sqlite_pragmas(engine, wal=False)
-            return engine, ":memory:"
+            return engine, ":memory:", None
         if "://" in target:
             try:
-                url = make_url(target)
+                url = connect.with_default_driver(make_url(target))
             except ArgumentError as e:
-                raise VseamError(f"--db {target!r} is not a valid SQLAlchemy URL: {e}") from e
+                raise VseamError(
+                    f"--db {connect.mask(target)!r} is not a valid SQLAlchemy URL: {connect.mask(str(e))}",
+                    hint="e.g. postgresql+psycopg://user@host/vseam or sqlite:///runs.db",
+                ) from None
             where = url.render_as_string(hide_password=True)
             if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
                 _check_sqlite_path(Path(url.database), where=where, must_exist=must_exist)
             try:
-                engine = create_engine(url)
-            except Exception as e:  # a missing driver surfaces here, e.g. ModuleNotFoundError
-                raise VseamError(f"cannot open run registry {where}: {e}") from e
+                engine = create_engine(url, connect_args=connect.connect_args(url, timeout))
+            except ImportError as e:  # the DBAPI module, e.g. psycopg, is not installed
+                raise connect.missing_driver(where, url, e) from None
+            except Exception as e:
+                raise VseamError(f"cannot open run registry {where}: {connect.mask(str(e), url.password)}") from None
             if url.get_backend_name() == "sqlite":
                 _install_sqlite_pragmas(engine, wal=url.database not in (None, "", ":memory:"))
-            return engine, where
+            return engine, where, url.password
         path = Path(target).expanduser()
         _check_sqlite_path(path, where=str(path), must_exist=must_exist)
         # A generous lock timeout: a query from another terminal may briefly hold the file.
         engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
         _install_sqlite_pragmas(engine, wal=True)
-        return engine, str(path)
+        return engine, str(path), None
 
     def _prepare_schema(self) -> None:
         """Create missing tables and record/verify the schema version, in one transaction."""
@@ -244,7 +257,7 @@ class RunStore:
         except OperationalError as e:
             # Disk full, read-only file, a lock held too long: the user can act on these.
             raise VseamError(
-                f"run registry {self.where}: {e.orig}",
+                f"run registry {self.where}: {connect.mask(str(e.orig))}",
                 hint="check that the file is writable and not locked, or pass --db with another path",
             ) from e
 
