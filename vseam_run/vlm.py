@@ -438,11 +438,16 @@ class VLM:
 
     def encode(self, images: Sequence[Image.Image], questions: Sequence[str]) -> dict[str, torch.Tensor]:
         """Processor inputs for a batch, left-padded, on the model's device and dtype."""
-        batch = self.processor(
-            images=list(images), text=[self.prompt(q) for q in questions], return_tensors="pt", padding=True
-        )
+        text = [self.prompt(q) for q in questions]
+        try:
+            batch = self.processor(images=list(images), text=text, return_tensors="pt", padding=True)
+        except ValueError:
+            # Some processors (Gemma3) take a list of images per prompt.
+            batch = self.processor(images=[[im] for im in images], text=text, return_tensors="pt", padding=True)
         out = {}
         for k, v in batch.items():
+            if k == "labels":  # training targets some processors add (PaliGemma); the scores do not use them
+                continue
             v = v.to(self.device)
             out[k] = v.to(self.dtype) if v.is_floating_point() else v
         return out
