@@ -167,6 +167,8 @@ class _Stages:
             self.vlm = VLM.load(self.entry, self.device, dtype)
         split_of = {q.qid: s for s, qs in splits.items() for q in qs}
         items = self._items(loaded.questions, split_of, "data")
+        with self.timed("check"):  # the fast paths must give the model's own numbers (vlm.self_check)
+            self.record(self.vlm.self_check(items, fallback=spec.search is not None and spec.search.strategy == "reference"))
         with self.timed("baseline"):
             # One streaming pass: an encoded set of every question would hold GBs for a 7B model.
             rows = ScoredSet.score_once(self.vlm, items, spec.batch_size, "baseline")
@@ -195,6 +197,7 @@ class _Stages:
 
     def _items(self, questions: list[Question], split_of: dict[str, str], stage: str) -> list[Item]:
         gold = self.vlm.answer_token_ids([q.answer for q in questions])
+        answer_of = {q.qid: q.answer for q in questions}
         items, empty = [], []
         for q, g in zip(questions, gold):
             if g is None:
@@ -205,9 +208,10 @@ class _Stages:
             self.record({f"{stage}.answers_without_token": len(empty)})
             self.store.put_document(self.run_id, f"{stage}.answers_without_token", empty)
             self.log(f"  {len(empty)} answer(s) tokenize to nothing the model knows; skipped: {', '.join(empty[:5])}"
-                     + (" …" if len(empty) > 5 else ""))
+                     + (" …" if len(empty) > 5 else "") + f"; e.g. {self.vlm.explain_answer(answer_of[empty[0]])}")
         if not items:
-            raise VseamError(f"{stage}: no question has an answer the model's tokenizer can score")
+            example = f"; e.g. {self.vlm.explain_answer(answer_of[empty[0]])}" if empty else ""
+            raise VseamError(f"{stage}: no question has an answer the model's tokenizer can score{example}")
         return items
 
     def _edits(self, questions: list[Question], base_rows: dict[str, dict]) -> None:

@@ -455,25 +455,40 @@ class VLM:
     def answer_token_ids(self, answers: Sequence[str]) -> list[int | None]:
         """The first token the model would emit for each answer right after the prompt.
 
-        Tokenizes `prompt tail + " " + answer` and takes the first token past the tail, so
-        SentencePiece's leading-space variants ("▁Yes" vs "Yes") come out as the model sees
-        them. None when the answer adds no token.
+        Tokenizes the prompt's real tail (its last tokens as the processor builds them, e.g.
+        with PaliGemma's closing newline) followed by the answer, and takes the first token past
+        the tail, so SentencePiece's leading-space variants ("▁Yes" vs "Yes") come out as the
+        model sees them. None when the answer adds no known token (see `explain_answer`).
         """
-        tail = self.entry.prompt.rsplit("{question}", 1)[-1].strip() or "?"
-        base = self.tokenizer(tail, add_special_tokens=False).input_ids
-        out: list[int | None] = []
-        for a in answers:
-            a = a.strip()
-            a = {"lower": a.lower(), "capitalize": a[:1].upper() + a[1:]}.get(self.entry.answer_case, a)
-            ids = self.tokenizer(f"{tail} {a}", add_special_tokens=False).input_ids
-            k = 0
-            while k < len(base) and k < len(ids) and ids[k] == base[k]:
-                k += 1
-            tok = ids[k] if k < len(ids) else None
-            if tok is not None and tok == self.tokenizer.unk_token_id:
-                tok = None
-            out.append(tok)
-        return out
+        tail = self.prompt_tail
+        return [first_answer_token(self.tokenizer, tail, self._cased(a)) for a in answers]
+
+    def explain_answer(self, answer: str) -> str:
+        """One example tokenization, for messages about answers that give no token."""
+        tail = self.prompt_tail
+        text = join_answer(tail, self._cased(answer))
+        toks = self.tokenizer.convert_ids_to_tokens(self.tokenizer(text, add_special_tokens=False).input_ids)
+        return f"prompt end + answer {text!r} tokenizes to {toks}"
+
+    def _cased(self, answer: str) -> str:
+        a = answer.strip()
+        return {"lower": a.lower(), "capitalize": a[:1].upper() + a[1:]}.get(self.entry.answer_case, a)
+
+    @property
+    def prompt_tail(self) -> str:
+        """The text of the prompt's last tokens as the model sees them after the processor
+        (which may add text, e.g. PaliGemma's newline), decoded from a processed dummy prompt."""
+        if getattr(self, "_prompt_tail", None) is None:
+            ids = self.encode([Image.new("RGB", (64, 64), (128, 128, 128))], ["x"])["input_ids"][0].tolist()
+            special = set(self.tokenizer.all_special_ids)
+            keep: list[int] = []
+            for t in reversed(ids):  # the ordinary tokens at the end (stop at image/bos tokens)
+                if t in special or len(keep) == 8:
+                    break
+                keep.append(t)
+            self._prompt_tail = self.tokenizer.decode(keep[::-1], skip_special_tokens=False,
+                                                      clean_up_tokenization_spaces=False)
+        return self._prompt_tail
 
     # ---- running: capture once, replay the decoder's own layer calls ---------------------
 
@@ -607,6 +622,72 @@ class VLM:
                 hint="use search.strategy: reference",
             )
 
+    # ---- self-check -------------------------------------------------------------------------
+
+    def check_tolerance(self) -> float:
+        """Largest allowed probability difference: float32 sums in another order differ by ~1e-7;
+        half precision keeps ~3 significant digits."""
+        return 1e-4 if self.dtype == torch.float32 else 2e-2
+
+    @torch.no_grad()
+    def self_check(self, items: Sequence[Any], *, fallback: bool = False) -> dict[str, float]:
+        """Before any number is computed: the fast paths must give the model's own numbers.
+
+        On a padded batch of questions of unequal length (from `items`, objects with `.image`
+        and `.question`), compares last-position probabilities of `model(**inputs)` on each
+        question alone with: the replayed batch, the replay from a middle layer on rows taken
+        out of order and repeated, and repeated rows. On a mismatch the run stops with the
+        largest difference — unless `fallback` (the run asked for the reference strategy):
+        then the fast paths are switched off and every score comes from model(**inputs).
+        Returns metrics for the run (`check.max_prob_diff`, and how far the model's own
+        batched forward is from its one-question forward, `check.model_batch_diff`).
+        """
+        images, questions = self._check_batch(items)
+        inputs = self.encode(images, questions)
+        single = torch.cat([self.model(**self.encode([im], [q]), use_cache=False).logits[:, -1].float().softmax(-1)
+                            for im, q in zip(images, questions)])
+        batched = self.model(**inputs, use_cache=False).logits[:, -1].float().softmax(-1)
+        prep = self.prepare(inputs)
+        n, mid = len(prep), self.num_layers // 2
+        idx = torch.tensor([n - 1, 0, n - 1, 1], device=self.device)
+        hidden, full_logits = self.layer_inputs(prep)
+        diffs = {
+            "batch": self.last_logits(prep, tail_only=False).softmax(-1) - single,
+            f"from layer {mid}, rows reordered": self.run_from_layer(prep.rows(idx), mid, hidden[mid][idx]).softmax(-1) - single[idx],
+            "repeated rows": self.last_logits(prep.repeat_rows(2), tail_only=False).softmax(-1) - single.repeat_interleave(2, 0),
+        }
+        worst_name, worst = max(((k, v.abs().max().item()) for k, v in diffs.items()), key=lambda kv: kv[1])
+        tol = self.check_tolerance()
+        # The last-MLP shortcut is used only where it gives the same numbers.
+        tail = (self.last_logits(prep).softmax(-1) - single).abs().max().item()
+        if tail > tol:
+            self.tail_only_ok = False
+        metrics = {"check.max_prob_diff": max(worst, tail if self.tail_only_ok else 0.0), "check.model_batch_diff": (batched - single).abs().max().item()}
+        if worst > tol:
+            msg = (f"model '{self.entry.name}' ({type(self.model).__name__}): vseam's fast path differs from the model's own "
+                   f"forward pass by {worst:.3g} in last-position probability ({worst_name}; tolerance {tol:g}) on a "
+                   f"padded batch of {n} questions; its numbers would be wrong")
+            if not fallback:
+                raise VseamError(msg, hint="set `search.strategy: reference` in the spec (every number then comes from "
+                                           "model(**inputs), slowly), and report the model class")
+            self.replay = False
+            metrics["check.fast_path_off"] = 1.0
+        return metrics
+
+    def _check_batch(self, items: Sequence[Any]) -> tuple[list[Image.Image], list[str]]:
+        """Up to 3 items with the shortest, longest and a middle prompt; padding guaranteed
+        (a question is lengthened if all prompts tokenize to the same length)."""
+        if not items:
+            raise VseamError(f"model '{self.entry.name}': the self-check needs at least one question")
+        lengths = [len(self.tokenizer(self.prompt(it.question), add_special_tokens=False).input_ids) for it in items]
+        order = sorted(range(len(items)), key=lambda i: lengths[i])
+        pick = list(dict.fromkeys([order[0], order[-1], order[len(order) // 2]]))
+        images, questions = [items[i].image for i in pick], [items[i].question for i in pick]
+        if len(pick) < 2 or lengths[pick[0]] == lengths[pick[1]]:
+            images.append(images[0])
+            questions.append(f"{questions[0]} {questions[0]}")
+        return images, questions
+
     def score(self, logits: torch.Tensor, gold: torch.Tensor) -> Scores:
         """Gold-token probability and correctness (argmax == gold) from last-position logits."""
         probs = logits.float().softmax(-1)
@@ -623,6 +704,29 @@ def pre_hooks(hooks: Sequence[tuple[nn.Module, Callable]]) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
+
+
+def join_answer(tail: str, answer: str) -> str:
+    """Prompt tail and answer as the model would continue: after a space or newline the answer
+    follows directly, after anything else a space separates them."""
+    return tail + answer if (not tail or tail[-1].isspace()) else f"{tail} {answer}"
+
+
+def first_answer_token(tokenizer, tail: str, answer: str) -> int | None:
+    """The first token of `answer` as it is tokenized right after `tail`: tokenize tail and
+    tail + answer, and take the first token past their common prefix. None when the answer
+    adds nothing, maps to <unk>, or merges into the tail's last token (the model cannot emit
+    a token that starts inside its prompt)."""
+    if not answer:
+        return None
+    base = tokenizer(tail, add_special_tokens=False).input_ids if tail else []
+    ids = tokenizer(join_answer(tail, answer), add_special_tokens=False).input_ids
+    k = 0
+    while k < len(base) and k < len(ids) and ids[k] == base[k]:
+        k += 1
+    if k < len(base) or k >= len(ids) or ids[k] == tokenizer.unk_token_id:
+        return None
+    return ids[k]
 
 
 def weights_source(entry: ModelEntry) -> str:

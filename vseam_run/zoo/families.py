@@ -95,18 +95,18 @@ def paligemma(words: list[str], cfg: TinyVLMConfig) -> Family:
     image_processor.image_seq_length = n_img
     proc = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)
     text = GemmaConfig(vocab_size=len(tok), head_dim=cfg.text_hidden // cfg.text_heads, pad_token_id=tok.pad_token_id,
-                       **_text_sizes(cfg))
+                       tie_word_embeddings=False, **_text_sizes(cfg))
     vision = SiglipVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_hidden * 2,
                                 num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
                                 image_size=cfg.image_size, patch_size=cfg.patch_size, projection_dim=cfg.text_hidden)
     config = PaliGemmaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_index=proc.image_token_id,
-                             projection_dim=cfg.text_hidden, hidden_size=cfg.text_hidden)
+                             projection_dim=cfg.text_hidden, hidden_size=cfg.text_hidden, tie_word_embeddings=False)
     config.text_config.num_image_tokens = n_img
     model = PaliGemmaForConditionalGeneration(config).eval()
     modules = dict(decoder="model.language_model", layers="model.language_model.layers",
                    final_norm="model.language_model.norm", lm_head="lm_head")
     # The processor adds the image tokens, <bos> and a final newline itself.
-    return Family(model, proc, _entry("PaliGemmaForConditionalGeneration", "{question} answer:", modules, "image_token_index"))
+    return Family(model, proc, _entry("PaliGemmaForConditionalGeneration", "<image>{question} answer:", modules, "image_token_index"))
 
 
 def llava_next(words: list[str], cfg: TinyVLMConfig) -> Family:
@@ -180,6 +180,7 @@ def gemma3(words: list[str], cfg: TinyVLMConfig) -> Family:
     tok.boi_token_id, tok.eoi_token_id, tok.image_token_id = (tok.convert_tokens_to_ids(t) for t in specials.values())
     mm_tokens = 4
     text = Gemma3TextConfig(vocab_size=len(tok), head_dim=cfg.text_hidden // cfg.text_heads, pad_token_id=tok.pad_token_id,
+                            tie_word_embeddings=False,
                             sliding_window=4, layer_types=["sliding_attention", "full_attention"] * (cfg.text_layers // 2)
                             + ["sliding_attention"] * (cfg.text_layers % 2), **_text_sizes(cfg))
     vision = SiglipVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_hidden * 2,
@@ -227,26 +228,32 @@ BUILDERS: dict[str, Callable[[list[str], TinyVLMConfig], Family]] = dict(
 
 
 @torch.no_grad()
-def scale_weights(model: torch.nn.Module, modules: dict[str, str], factor: float = 4.0) -> None:
-    """Make single attention heads matter: random init leaves each head's share of the
-    residual stream tiny, so ablating one barely moves the answer. Scaling every layer's
-    attention output projection (and the LM head, to sharpen the answer distribution)
-    lifts single-head effects into the 0.05-and-above range."""
+def scale_weights(model: torch.nn.Module, modules: dict[str, str], logit_std: float = 4.0) -> None:
+    """Make single attention heads matter.
+
+    Library init (std 0.02) leaves every layer's output tiny next to the residual stream and
+    the answer distribution nearly flat, so ablating one head moves the gold probability by
+    ~1e-4: below any useful tolerance. Here every linear map of the decoder layers is drawn
+    with std 1/sqrt(fan_in) (each layer's output as large as its input) and the LM head gives
+    logits of std `logit_std`, so answers are peaked and single heads move them by > 0.05.
+    """
     from vseam_run.vlm import get_module
 
-    layers = get_module(model, modules["layers"])
-    for layer in layers:
-        get_module(layer, modules.get("o_proj", "self_attn.o_proj")).weight.mul_(factor)
-    get_module(model, modules["lm_head"]).weight.mul_(factor)
+    for layer in get_module(model, modules["layers"]):
+        for m in layer.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.normal_(std=m.in_features ** -0.5)
+    head = get_module(model, modules["lm_head"])
+    head.weight.normal_(std=logit_std * head.in_features ** -0.5)
 
 
 def write_family(name: str, folder: Path, words: list[str], cfg: TinyVLMConfig | None = None, *,
-                 scale: float | None = 4.0) -> tuple[Path, Family]:
+                 scale: bool = True) -> tuple[Path, Family]:
     """Build family `name`, save it under folder/ckpt and write folder/<name>.yaml; returns the entry path."""
     cfg = cfg or TinyVLMConfig(text_layers=2, text_heads=4, text_kv_heads=2, seed=1)
     fam = BUILDERS[name](words, cfg)
     if scale:
-        scale_weights(fam.model, fam.entry["modules"], scale)
+        scale_weights(fam.model, fam.entry["modules"])
     save(fam.model, fam.processor, Path(folder) / "ckpt")
     entry = dict(name=f"tiny-{name.replace('_', '-')}", path="ckpt", **fam.entry)
     path = Path(folder) / f"tiny-{name}.yaml"

@@ -1,0 +1,126 @@
+"""Every family's fast paths give the model's own numbers, on padded batches of unequal-length
+questions, with weights scaled so that single heads matter (see zoo/families.py).
+
+Per family: the run's self-check passes; baseline / set scoring (plain and under head
+scaling) equals `model(**inputs)` on each question alone; `exact` equals `reference` in both
+ablation modes, with the largest single-head effect ≥ 0.05 so that the comparison proves
+something; image positions come from the registry's image_token_attr.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import WORDS, load_vlm
+from vseam_run.data import toyworld
+from vseam_run.errors import VseamError
+from vseam_run.heads import edit_heads, scale_edits
+from vseam_run.scoring import Item, ScoredSet
+from vseam_run.search import SearchItem, search_heads
+from vseam_run.zoo.families import FAMILIES, family_images, write_family
+
+QUESTIONS = 4
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request, tmp_path_factory):
+    path, fam = write_family(request.param, tmp_path_factory.mktemp(f"fam-{request.param}"), WORDS)
+    vlm = load_vlm(path)
+    ex = toyworld.sample_examples(5, QUESTIONS, 32)
+    images = family_images(fam, QUESTIONS, seed=2)
+    questions = [e.question + " ?" * i for i, e in enumerate(ex)]  # unequal lengths, so batches are padded
+    # Gold: the model's own answer for even questions (high probability, so ablations move it), a
+    # toy-world answer for odd ones.
+    answers = vlm.answer_token_ids([e.answer for e in ex])
+    items = []
+    for i, (im, q) in enumerate(zip(images, questions)):
+        top = int(_single(vlm, im, q).argmax())
+        gold = top if i % 2 == 0 or answers[i] is None else answers[i]
+        items.append(Item(str(i), im, q, ex[i].answer, gold, "c"))
+    return request.param, vlm, items
+
+
+@torch.no_grad()
+def _single(vlm, image, question, edits=None) -> torch.Tensor:
+    with edit_heads(vlm, edits or {}):
+        return vlm.model(**vlm.encode([image], [question])).logits[0, -1].float().softmax(-1)
+
+
+def test_self_check_passes_and_batches_are_padded(family):
+    name, vlm, items = family
+    metrics = vlm.self_check(items)
+    assert metrics["check.max_prob_diff"] <= 1e-4
+    prep = vlm.prepare(vlm.encode([it.image for it in items], [it.question for it in items]))
+    assert (prep.attention_mask == 0).any(), "the check batch must contain padding"
+    n_img = vlm.image_positions(prep).sum(1)
+    assert vlm.image_token_id is not None and (n_img > 0).all()
+    if name == "llava_next":
+        assert len(set(n_img.tolist())) > 1, "tiled images of different shapes give different token counts"
+
+
+def test_set_scoring_equals_model_forward(family):
+    """Baseline scoring and scoring under head scaling (modulation) == model(**inputs) per question."""
+    _, vlm, items = family
+    scored = ScoredSet(vlm, items, batch_size=3)
+    factors = torch.ones(vlm.num_layers, vlm.num_heads)
+    factors[0, 1], factors[-1, 2] = 0.0, 2.0
+    for edits in ({}, scale_edits(factors)):
+        rows = scored.run(edits)
+        want = [float(_single(vlm, it.image, it.question, edits)[it.gold_id]) for it in items]
+        np.testing.assert_allclose([r["gold_prob"] for r in rows], want, atol=1e-5)
+    base = ScoredSet.score_once(vlm, items, 3, "baseline")
+    np.testing.assert_allclose([r["gold_prob"] for r in base], [r["gold_prob"] for r in scored.run()], atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["mean", "zero"])
+def test_exact_equals_reference(family, mode):
+    _, vlm, items = family
+    search = [SearchItem(it.qid, it.image, it.question, it.gold_id) for it in items]
+    ref = search_heads(vlm, search, strategy="reference", ablation=mode, top_k=3)
+    ex = search_heads(vlm, search, strategy="exact", ablation=mode, top_k=3, batch_size=3, batch_rows=5)
+    assert np.abs(ref.effects).max() >= 0.05, "single-head effects too small for the comparison to prove anything"
+    assert np.abs(ex.effects - ref.effects).max() <= 1e-5
+    np.testing.assert_array_equal(ex.correct, ref.correct)
+
+
+def test_attribution_runs_through_the_replay(family):
+    """First order (forward + backward through the replayed layers) tracks the exact effects."""
+    from vseam_run.search.strategies import exact_effects, first_order_effects
+
+    _, vlm, items = family
+    search = [SearchItem(it.qid, it.image, it.question, it.gold_id) for it in items]
+    first = first_order_effects(vlm, search, "mean", batch_size=3)
+    ex = exact_effects(vlm, search, "mean", batch_size=3)
+    np.testing.assert_allclose(first.base_prob, ex.base_prob, atol=1e-5)
+    assert np.corrcoef(first.effects.ravel(), ex.effects.ravel())[0, 1] > 0.5
+
+
+def test_broken_replay_is_caught_by_the_self_check(tmp_path, monkeypatch):
+    """Dropping the prefix-LM mask PaliGemma's wrapper builds (what vseam did before) must stop
+    the run with the largest difference; a run that asked for `reference` goes on with
+    model(**inputs) for every number and the fast paths refuse."""
+    from vseam_run import vlm as vlm_mod
+
+    path, fam = write_family("paligemma", tmp_path, WORDS)
+    vlm = load_vlm(path)
+    ex = toyworld.sample_examples(5, 3, 32)
+    items = [Item(str(i), im, e.question + " ?" * i, e.answer, 0, "c")
+             for i, (e, im) in enumerate(zip(ex, family_images(fam, 3)))]
+    real_call = vlm_mod.Prepared.call
+
+    def without_mask(self, layer, hidden):
+        args, kwargs = real_call(self, layer, hidden)
+        return args, {**kwargs, "attention_mask": None}
+
+    monkeypatch.setattr(vlm_mod.Prepared, "call", without_mask)
+    with pytest.raises(VseamError, match=r"differs from the model's own forward pass by [0-9.e-]+.*search.strategy: reference"):
+        vlm.self_check(items)
+    metrics = vlm.self_check(items, fallback=True)
+    assert metrics["check.max_prob_diff"] > 1e-3 and metrics["check.fast_path_off"] == 1.0
+    rows = ScoredSet(vlm, items, batch_size=3).run()
+    want = [float(_single(vlm, it.image, it.question)[0]) for it in items]
+    np.testing.assert_allclose([r["gold_prob"] for r in rows], want, atol=1e-5)
+    with pytest.raises(VseamError, match="search.strategy: reference"):
+        search_heads(vlm, [SearchItem(it.qid, it.image, it.question, 0) for it in items], strategy="exact")
