@@ -25,7 +25,10 @@ from PIL import Image
 
 from vseam_run.zoo.build import LLAVA_MODULES, TinyVLMConfig, build_tokenizer, save, tiny_instructblip, tiny_llava
 
+#: Families saved with save_pretrained and loaded back through a registry entry.
 FAMILIES = ("llava", "instructblip", "paligemma", "llava_next", "gemma3", "idefics3")
+#: Families whose processor cannot be built here (no torchvision): used in memory, see Qwen2VLInputs.
+IN_MEMORY = ("qwen2_vl",)
 
 
 @dataclass
@@ -65,8 +68,8 @@ def _named_tokenizer(words: list[str], named: dict[str, str]):
 
 
 def _entry(model_class: str, prompt: str, modules: dict[str, str], image_token_attr: str, **more) -> dict[str, Any]:
-    return dict(model_class=model_class, processor_class="AutoProcessor", prompt=prompt, modules=modules,
-                image_token_attr=image_token_attr, answer_case="lower", dtype="float32", **more)
+    return {**dict(model_class=model_class, processor_class="AutoProcessor", prompt=prompt, modules=modules,
+                   image_token_attr=image_token_attr, answer_case="lower", dtype="float32"), **more}
 
 
 def llava(words: list[str], cfg: TinyVLMConfig) -> Family:
@@ -161,12 +164,35 @@ def qwen2_vl(words: list[str], cfg: TinyVLMConfig) -> Family:
     px = cfg.image_size * cfg.image_size
     image_processor = Qwen2VLImageProcessor(min_pixels=px, max_pixels=px, patch_size=patch, merge_size=merge,
                                             temporal_patch_size=2)
-    proc = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok, video_processor=None)
     modules = dict(decoder="model.language_model", layers="model.language_model.layers",
                    final_norm="model.language_model.norm", lm_head="lm_head")
-    return Family(model, proc, _entry("Qwen2VLForConditionalGeneration",
-                                      "<|vision_start|><|image_pad|><|vision_end|>{question} answer:", modules,
-                                      "image_token_id"))
+    return Family(model, Qwen2VLInputs(image_processor, tok), _entry(
+        "Qwen2VLForConditionalGeneration", "<|vision_start|><|image_pad|><|vision_end|>{question} answer:", modules,
+        "image_token_id", processor_class="Qwen2VLProcessor"), image_sizes=[(32, 32), (48, 32), (32, 48)])
+
+
+class Qwen2VLInputs:
+    """What Qwen2VLProcessor does for images and text, without its video processor.
+
+    Qwen2VLProcessor cannot be built or loaded without torchvision (it insists on a video
+    processor), so the Qwen2-VL test builds its inputs the same way by hand: the image
+    processor's patches and grid, `<|image_pad|>` repeated grid/merge² times, and the
+    multimodal token types the model needs for its 3-D positions. The model is used in memory
+    (VLM(...)), not through save/load.
+    """
+
+    def __init__(self, image_processor, tokenizer) -> None:
+        self.image_processor, self.tokenizer = image_processor, tokenizer
+        self.image_token = "<|image_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+
+    def __call__(self, images, text, return_tensors="pt", padding=True):
+        img = self.image_processor(images=images, return_tensors="pt")
+        counts = (img["image_grid_thw"].prod(-1) // self.image_processor.merge_size**2).tolist()
+        text = [t.replace(self.image_token, self.image_token * int(n)) for t, n in zip(text, counts)]
+        enc = self.tokenizer(text, return_tensors="pt", padding=padding)
+        mm = (enc["input_ids"] == self.image_token_id).long()
+        return {**enc, **img, "mm_token_type_ids": mm}
 
 
 def gemma3(words: list[str], cfg: TinyVLMConfig) -> Family:
@@ -259,6 +285,18 @@ def write_family(name: str, folder: Path, words: list[str], cfg: TinyVLMConfig |
     path = Path(folder) / f"tiny-{name}.yaml"
     path.write_text(yaml.safe_dump(entry, sort_keys=False))
     return path, fam
+
+
+def memory_family(name: str, words: list[str], cfg: TinyVLMConfig | None = None):
+    """(VLM, Family) for a family used in memory, with the same weight scaling as write_family."""
+    from vseam_run.registry import ModelEntry
+    from vseam_run.vlm import VLM
+
+    cfg = cfg or TinyVLMConfig(text_layers=2, text_heads=4, text_kv_heads=2, seed=1)
+    fam = BUILDERS[name](words, cfg)
+    scale_weights(fam.model, fam.entry["modules"])
+    entry = ModelEntry.model_validate(dict(name=f"tiny-{name.replace('_', '-')}", path="unused", **fam.entry))
+    return VLM(entry, fam.model.eval().requires_grad_(False), fam.processor, torch.device("cpu"), torch.float32), fam
 
 
 def family_images(fam: Family, n: int, seed: int = 0) -> list[Image.Image]:
