@@ -131,6 +131,7 @@ class _Capture:
         self.leaves: list[Any] = []
         self.dims: list[int | None] = []
         self._index: dict[int, int] = {}
+        self._keep: list[torch.Tensor] = []
 
     def template(self, tree: Any, name: str) -> Any:
         from transformers.cache_utils import Cache
@@ -138,6 +139,7 @@ class _Capture:
         if isinstance(tree, torch.Tensor):
             key = id(tree)
             if key not in self._index:
+                self._keep.append(tree)  # alive until the capture ends, so its id is not reused
                 self._index[key] = len(self.leaves)
                 self.leaves.append(tree.detach())
                 self.dims.append(batch_dim(tree, self.batch, self.seq, name))
