@@ -169,6 +169,8 @@ class _Stages:
         items = self._items(loaded.questions, split_of, "data")
         with self.timed("check"):  # the fast paths must give the model's own numbers (vlm.self_check)
             self.record(self.vlm.self_check(items, fallback=spec.search is not None and spec.search.strategy == "reference"))
+        if not self.vlm.replay:
+            self.log(f"  fast path off (self-check diff {self.metrics['check.max_prob_diff']:.3g}): every number from model(**inputs)")
         with self.timed("baseline"):
             # One streaming pass: an encoded set of every question would hold GBs for a 7B model.
             rows = ScoredSet.score_once(self.vlm, items, spec.batch_size, "baseline")
