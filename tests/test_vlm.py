@@ -161,3 +161,15 @@ def test_missing_checkpoint_says_how_to_provide_it(tmp_path):
     path = write_entry(tmp_path, "nothing", "llava")
     with pytest.raises(VseamError, match="no checkpoint"):
         load_vlm(path)
+
+
+def test_decoder_that_changes_the_hidden_state_between_layers_is_refused(tiny_llava_entry, toy_examples):
+    """Like Qwen3-VL's deepstack (visual features added after some layers): a replay of the layers
+    alone would miss it, so prepare refuses with the reason instead of giving other numbers."""
+    vlm = load_vlm(tiny_llava_entry)
+    handle = vlm.layers[1].register_forward_pre_hook(lambda _m, args: (args[0] + 1.0,) + tuple(args[1:]))
+    try:
+        with pytest.raises(VseamError, match="changes the hidden state between layers 0 and 1"):
+            vlm.prepare(vlm.encode([e.image for e in toy_examples], [e.question for e in toy_examples]))
+    finally:
+        handle.remove()
