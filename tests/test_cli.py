@@ -123,6 +123,7 @@ def test_full_run_show_json(capsys, full_run):
     assert 0 <= m["eval.test.mcnemar_p"] <= 1
     assert m["modulation.lambda"] in [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]  # from the default grid
     assert m["ablation.random.accuracy_drop_std"] >= 0
+    assert 0 <= m["check.max_prob_diff"] <= 1e-4  # the self-check ran before any number and is recorded
     # Counts agree with each other: splits partition the questions, search covers its split.
     assert m["data.search"] + m["data.val"] + m["data.test"] == m["data.questions"] > 0
     assert m["search.questions"] == m["data.search"] == m["search.correct"] + m["search.wrong"]

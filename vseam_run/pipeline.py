@@ -170,6 +170,7 @@ class _Stages:
         self.metrics: dict[str, float] = dict(store.get_run(run_id).metrics) if self.ledger.finished() else {}
         self.art_dir = Path(spec.workdir) / "runs" / run_id
         self.cache_dir = Path(spec.workdir) / "cache"
+        self._answer_of: dict[str, str] = {}
 
     # ---- helpers -------------------------------------------------------------------------
 
@@ -215,6 +216,12 @@ class _Stages:
             self.vlm = VLM.load(self.entry, self.device, dtype)
         self.model = model_part(self.entry, self.device, dtype)
         items, untokenizable = self._items(loaded.questions, split_of, "data")
+        # Every run, resumed ones too: the fast paths must give the model's own numbers (vlm.self_check),
+        # and whether they are used at all is decided here.
+        with self.timed("check"):
+            self.record(self.vlm.self_check(items, fallback=spec.search is not None and spec.search.strategy == "reference"))
+        if not self.vlm.replay:
+            self.log(f"  fast path off (self-check diff {self.metrics['check.max_prob_diff']:.3g}): every number from model(**inputs)")
         baseline_fp = fingerprint(model=self.model, questions=items_part(items), untokenizable=untokenizable,
                                   batch_size=spec.batch_size)
         rows = self.stage("baseline", baseline_fp, lambda: self._baseline(items, untokenizable))
@@ -258,6 +265,7 @@ class _Stages:
     def _items(self, questions: list[Question], split_of: dict[str, str], stage: str) -> tuple[list[Item], list[str]]:
         """Scorable items, and the ids of questions whose answer the tokenizer cannot score."""
         gold = self.vlm.answer_token_ids([q.answer for q in questions])
+        self._answer_of.update({q.qid: q.answer for q in questions})  # for the untokenizable-answer message
         items, empty = [], []
         for q, g in zip(questions, gold):
             if g is None:
@@ -265,7 +273,8 @@ class _Stages:
                 continue
             items.append(Item(q.qid, q.load_image(), q.question, q.answer, g, q.category, split_of.get(q.qid, "")))
         if not items:
-            raise VseamError(f"{stage}: no question has an answer the model's tokenizer can score")
+            example = f"; e.g. {self.vlm.explain_answer(self._answer_of[empty[0]])}" if empty else ""
+            raise VseamError(f"{stage}: no question has an answer the model's tokenizer can score{example}")
         return items, empty
 
     def _record_untokenizable(self, stage: str, empty: list[str]) -> None:
@@ -273,7 +282,7 @@ class _Stages:
             self.record({f"{stage}.answers_without_token": len(empty)})
             self.store.put_document(self.run_id, f"{stage}.answers_without_token", empty)
             self.log(f"  {len(empty)} answer(s) tokenize to nothing the model knows; skipped: {', '.join(empty[:5])}"
-                     + (" …" if len(empty) > 5 else ""))
+                     + (" …" if len(empty) > 5 else "") + f"; e.g. {self.vlm.explain_answer(self._answer_of[empty[0]])}")
 
     def _edits(self, questions: list[Question], base_rows: dict[str, dict]) -> None:
         from vseam_run.edit.procedural import make_edits

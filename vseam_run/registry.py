@@ -63,7 +63,10 @@ class ModelEntry(BaseModel):
     )
     text_config: str = Field("text_config", description="Attribute of model.config with the language model's sizes.")
     image_token_attr: str = Field(
-        "image_token_index", description="Attribute of model.config holding the image/query placeholder token id."
+        "image_token_index",
+        description="Attribute of model.config holding the image/query placeholder token id (image_token_index for "
+        "LLaVA, LLaVA-NeXT, PaliGemma, Gemma3; image_token_id for Qwen2-VL, Idefics3, SmolVLM); checked at load, "
+        "used to find the image positions (vlm.image_positions).",
     )
     modules: ModulePaths
     trust_remote_code: bool = Field(False, description="Allow code from the checkpoint. Off unless the entry says so.")

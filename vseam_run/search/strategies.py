@@ -142,6 +142,7 @@ def exact_effects(
             return [(q, int(picks[offset + q, layer])) for q in range(n) if picks[offset + q, layer] >= 0]
 
         per_layer = (picks >= 0).sum(0)
+    vlm.require_replay("the exact search")
     batches = _prepare_batches(vlm, items, batch_size)
     vlm.check_truncation(batches[0].prep)
     hidden = [b.prep.embeds for b in batches]
@@ -263,11 +264,12 @@ def first_order_effects(vlm: VLM, items: Sequence[SearchItem], mode: str, *, bat
     effects = np.zeros((Q, L, H))
     base_prob = np.zeros(Q)
     correct = np.zeros(Q, dtype=bool)
+    vlm.require_replay("the attribution search")
     batches = _prepare_batches(vlm, items, batch_size)
     with progress("search (attribution)", len(batches)) as advance:
         for b in batches:
             embeds = b.prep.embeds.detach().clone().requires_grad_(True)
-            prep = Prepared(embeds, b.prep.attention_mask, b.prep.position_ids)
+            prep = b.prep.with_embeds(embeds)
             store: list = []
             with torch.enable_grad(), capture_o_proj_inputs(vlm, store):
                 scores = vlm.score(vlm.last_logits(prep), b.gold)
