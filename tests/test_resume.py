@@ -27,15 +27,17 @@ SPEC = """\
 name: resume
 model: {model}
 device: cpu
-batch_size: 4
-data: {{source: toyworld, toyworld: {{images: 12}}}}
+batch_size: 8
+data: {{source: toyworld, toyworld: {{images: 8}}, limit: 16}}
 edit: {{recipe: procedural}}
 search: {{strategy: exact, scoring: signed}}
-modulation: {{policy: linear, lam: auto, grid: [0.0, 1.0, 4.0]}}
+# λ chosen on val from a one-value grid: the selection runs, and the modulation is not the
+# identity (a random tiny model answers nothing right, so a wider grid would tie at λ = 0).
+modulation: {{policy: linear, lam: auto, grid: [4.0]}}
 evaluate:
   bootstrap: 100
   ablation: {{k: 2, trials: 2}}
-  extra: [{{name: more, source: toyworld, toyworld: {{images: 5, seed: 3}}}}]
+  extra: [{{name: more, source: toyworld, toyworld: {{images: 4, seed: 3}}, limit: 6}}]
 """
 
 TIMING = ("time.", "search.seconds")
@@ -102,7 +104,9 @@ def uninterrupted(folder) -> Snapshot:
     # The comparison below is only worth something if the run did everything.
     assert {"baseline", "edited", "eval.test.baseline", "eval.test.modulated", "eval.more.modulated"} <= set(snap.rows)
     assert {"heads", "modulation", "lambda_selection", "ablation", "eval.test.summary", "eval.more.summary"} <= set(snap.documents)
-    assert "ablation.positive.accuracy_drop" in snap.metrics and "modulation.lambda" in snap.metrics
+    assert "ablation.positive.accuracy_drop" in snap.metrics and snap.metrics["modulation.lambda"] == 4.0
+    base = {r["qid"]: r["gold_prob"] for r in snap.rows["eval.test.baseline"]}
+    assert any(r["gold_prob"] != base[r["qid"]] for r in snap.rows["eval.test.modulated"]), "modulation changed nothing"
     return snap
 
 
@@ -175,26 +179,30 @@ def during_ablation(calls: int) -> Callable[[pytest.MonkeyPatch], None]:
     return install
 
 
-# (case id, how to interrupt, stages whose rows an unfinished stage may rewrite on resume)
+ALL_LAYERS = ["exact:0", "exact:1", "exact:2"]
+
+# (case id, how to interrupt, search layers the resume computes, question stages an
+# unfinished stage may rewrite on resume). Every stage boundary, and inside the stages that
+# store rows or checkpoints before they finish.
 CASES = [
-    ("after-data", after_stage("data"), set()),
-    ("after-baseline", after_stage("baseline"), set()),
-    ("during-edit", after_rows("edited"), {"edited"}),
-    ("after-edit", after_stage("edit"), set()),
-    ("mid-search-after-layer-1", after_search_layers(2), set()),
-    ("search-every-layer-stored", after_search_layers(3), set()),
-    ("after-search", after_stage("search"), set()),
-    ("after-modulation", after_stage("modulation"), set()),
-    ("during-eval-test", after_rows("eval.test.baseline"), {"eval.test.baseline"}),
-    ("after-eval-test", after_stage("eval.test"), set()),
-    ("after-eval-extra", after_stage("eval.more"), set()),
-    ("during-ablation", during_ablation(3), set()),
-    ("after-ablation", after_stage("ablation"), set()),
+    ("after-data", after_stage("data"), ALL_LAYERS, set()),
+    ("after-baseline", after_stage("baseline"), ALL_LAYERS, set()),
+    ("during-edit", after_rows("edited"), ALL_LAYERS, {"edited"}),
+    ("after-edit", after_stage("edit"), ALL_LAYERS, set()),
+    ("mid-search-after-layer-1", after_search_layers(2), ["exact:2"], set()),
+    ("search-every-layer-stored", after_search_layers(3), [], set()),
+    ("after-search", after_stage("search"), [], set()),
+    ("during-eval-test", after_rows("eval.test.baseline"), [], {"eval.test.baseline"}),
+    ("after-eval-test", after_stage("eval.test"), [], set()),
+    ("during-ablation", during_ablation(3), [], set()),
+    ("after-ablation", after_stage("ablation"), [], set()),
 ]
 
 
-@pytest.mark.parametrize("install, rewritable", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_interrupt_and_resume_equals_uninterrupted(folder, uninterrupted, install, rewritable, monkeypatch, tmp_path):
+@pytest.mark.parametrize("install, computed_layers, rewritable", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_interrupt_and_resume_equals_uninterrupted(
+    folder, uninterrupted, install, computed_layers, rewritable, monkeypatch, tmp_path
+):
     monkeypatch.chdir(folder)
     db = tmp_path / "runs.db"
     with monkeypatch.context() as mp:
@@ -206,8 +214,12 @@ def test_interrupt_and_resume_equals_uninterrupted(folder, uninterrupted, instal
     assert run.status == "interrupted" and f"vseam run --resume {run.id}" in out
     before_rows, before_docs = stored_ids(db, run.id)
 
+    saved: list[str] = []
+    real_save = StageCheckpointer.save
+    monkeypatch.setattr(StageCheckpointer, "save", lambda self, k, p: (saved.append(k), real_save(self, k, p)))
     rc, out = run_cli("run", "--resume", run.id, "--db", db)
     assert rc == 0, out
+    assert saved == computed_layers  # stored search layers are not computed again
     resumed = Snapshot.of(db, run.id)
     assert resumed.status == "succeeded"
     assert resumed.spec_yaml == uninterrupted.spec_yaml
@@ -225,20 +237,6 @@ def test_interrupt_and_resume_equals_uninterrupted(folder, uninterrupted, instal
             assert after_rows_[stage] == ids, f"rows of finished stage {stage} were rewritten"
     for key, stamp in before_docs.items():
         assert after_docs[key] == stamp, f"document {key} was rewritten"
-
-
-def test_interrupted_search_resumes_from_its_next_layer(folder, monkeypatch, tmp_path):
-    """Layers stored before the interruption are not computed again."""
-    monkeypatch.chdir(folder)
-    db = tmp_path / "runs.db"
-    with monkeypatch.context() as mp:
-        after_search_layers(1)(mp)
-        assert run_cli("run", "spec.yaml", "--db", db)[0] == 130
-    saved: list[str] = []
-    real = StageCheckpointer.save
-    monkeypatch.setattr(StageCheckpointer, "save", lambda self, k, p: (saved.append(k), real(self, k, p)))
-    assert run_cli("run", "--resume", "latest", "--db", db)[0] == 0
-    assert saved == ["exact:1", "exact:2"]
 
 
 # --- what a resume refuses -----------------------------------------------------------------------
@@ -277,10 +275,14 @@ def test_resume_refuses_a_changed_setting(interrupted_after_baseline, capsys, se
     assert stored_ids(db, run_id) == rows_before  # nothing touched
 
 
-def test_resume_allows_a_set_that_changes_nothing(interrupted_after_baseline, capsys):
+def test_resume_allows_a_set_that_changes_nothing(interrupted_after_baseline, capsys, monkeypatch):
     db, run_id = interrupted_after_baseline
-    rc = cli(["run", "--resume", run_id, "--db", str(db), "--set", "search.ablation=mean", "--set", "batch_size=4"])
-    assert rc == 0, capsys.readouterr()
+    monkeypatch.setattr(StageLedger, "run", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    rc = cli(["run", "--resume", run_id, "--db", str(db), "--set", "search.ablation=mean", "--set", "batch_size=8"])
+    out, err = capsys.readouterr()
+    assert rc == 130 and "resuming run" in out, out + err  # accepted; stopped at its first stage
+    with RunStore(db) as store:
+        assert store.get_run(run_id).resume_count == 1
 
 
 def test_resume_refuses_changed_model_weights(tmp_path, tiny_llava_entry, monkeypatch):
