@@ -13,7 +13,11 @@ from vseam_run.errors import SpecError, VseamError
 
 
 def validate(files: Annotated[list[Path], typer.Argument(help="Spec or registry YAML files.")]) -> int:
-    """Validate spec files (and registry entries under registry/); report every error of each file.
+    """Validate spec files and registry entries; report every error of each file.
+
+    A registry entry's module paths are checked on the model's module tree built on the meta
+    device (no weights read) from the checkpoint's config when it is on this machine, else from
+    the entry's `arch:` preset; without either only the schema is checked, and the output says so.
 
     Examples:
 
@@ -30,8 +34,11 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Spec or registry 
         try:
             doc = load_yaml(f)
             is_entry = isinstance(doc.data, dict) and "model_class" in doc.data
-            load_entry_file(f) if is_entry else load_spec(f)
-            console().print(f"[green]ok[/]  {escape(str(f))}", highlight=False)
+            if is_entry:
+                _validate_entry(f, load_entry_file(f))
+            else:
+                load_spec(f)
+                console().print(f"[green]ok[/]  {escape(str(f))}", highlight=False)
         except SpecError as e:
             bad += 1
             err_console().print(f"[red]invalid[/] {escape(e.source)}", highlight=False)
@@ -44,3 +51,21 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Spec or registry 
     if bad:
         raise typer.Exit(2)
     return 0
+
+
+def _validate_entry(f: Path, entry) -> None:
+    """Check an entry's module paths on its meta-device module tree; say what was checked."""
+    from vseam_run.inspect_model import check_entry
+
+    check = check_entry(entry)
+    if check.errors:
+        raise SpecError(str(f), check.errors)
+    if check.checked_on is None:
+        what = entry.hf_id or str(entry.resolved_path())
+        console().print(
+            f"[green]ok[/]  {escape(str(f))} [yellow](schema only: the config of {escape(what)} is not on this machine "
+            "and the entry has no arch: preset, so module paths were NOT checked)[/]",
+            highlight=False,
+        )
+    else:
+        console().print(f"[green]ok[/]  {escape(str(f))} (module paths checked on {escape(check.checked_on)})", highlight=False)
