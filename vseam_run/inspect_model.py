@@ -40,7 +40,8 @@ PROMPTS: dict[str, str] = {
     "qwen2_vl": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
     "<|vision_start|><|image_pad|><|vision_end|>{question} Answer the question using a single word or phrase."
     "<|im_end|>\n<|im_start|>assistant\n",
-    "paligemma": "<image>answer en {question}\n",
+    # The processor puts BOS after the image tokens and ends the prompt with "\n" itself.
+    "paligemma": "<image>answer en {question}",
     "idefics3": "User:<image>{question} Answer the question using a single word or phrase.<end_of_utterance>\nAssistant:",
     "smolvlm": "<|im_start|>User:<image>{question} Answer the question using a single word or phrase."
     "<end_of_utterance>\nAssistant:",
@@ -509,7 +510,7 @@ def check_entry(entry: ModelEntry) -> PathCheck:
     if config is not None:
         where = "the checkpoint's config"
     elif entry.arch is not None:
-        config, where = entry.arch.build(), "the entry's arch preset (the checkpoint's config is not on this machine)"
+        config, where = entry.arch.build(), "the entry's arch preset, as the checkpoint's config is not on this machine"
     else:
         return PathCheck(None, [])
     cls = getattr(transformers, entry.model_class)
@@ -521,5 +522,5 @@ def check_entry(entry: ModelEntry) -> PathCheck:
     if entry.image_token_attr and getattr(config, entry.image_token_attr, None) is None:
         errors.append(f"image_token_attr: '{entry.image_token_attr}' is not set on {type(config).__name__}"
                       + (f" (found: '{image_token(config)[0]}')" if image_token(config)[0] else ""))
-    return PathCheck(f"a meta-device {cls.__name__} from {where}", errors)
+    return PathCheck(f"a meta-device {cls.__name__} built from {where}", errors)
 
