@@ -333,10 +333,10 @@ def check_modules(model: nn.Module, arch: Arch, modules: dict[str, str]) -> list
                 errors.append(f"modules.{k}: '{modules[k]}' does not resolve on a decoder layer "
                               f"({type(layers[0]).__name__}){hint_for(k)}")
         o = resolve(layers[0], modules["o_proj"])
-        if o is not None and not (isinstance(o, nn.Linear) and o.in_features == arch.heads * arch.head_dim):
-            width = o.in_features if isinstance(o, nn.Linear) else type(o).__name__
-            errors.append(f"modules.o_proj: '{modules['o_proj']}' must be a Linear of input width heads × head_dim "
-                          f"({arch.heads} × {arch.head_dim}), got {width}{hint_for('o_proj')}")
+        if o is not None and not (isinstance(o, nn.Linear) and _is_out_proj(o, arch)):
+            got = f"{o.in_features} → {o.out_features}" if isinstance(o, nn.Linear) else type(o).__name__
+            errors.append(f"modules.o_proj: '{modules['o_proj']}' must be a Linear from heads × head_dim "
+                          f"({arch.heads} × {arch.head_dim}) to hidden {arch.hidden}, got {got}{hint_for('o_proj')}")
     return errors
 
 
@@ -372,11 +372,20 @@ def local_processor(source: str):
         return None
 
 
+def _adds_bos(tok) -> bool:
+    """Whether the tokenizer puts BOS in front by itself (then a template's own BOS would double it)."""
+    try:
+        ids = tok("a").input_ids
+    except Exception:  # noqa: BLE001 - no usable tokenizer: keep the template as written
+        return False
+    return tok.bos_token_id is not None and bool(ids) and ids[0] == tok.bos_token_id
+
+
 def choose_prompt(model_type: str, processor) -> tuple[str, str]:
     """(prompt template, where it came from)."""
     if processor is not None:
         tok = getattr(processor, "tokenizer", processor)
-        bos = getattr(tok, "bos_token", None) if getattr(tok, "add_bos_token", True) else None
+        bos = tok.bos_token if _adds_bos(tok) else None
         templ = _template_prompt(processor, bos)
         if templ:
             return templ, "the checkpoint's chat template"
