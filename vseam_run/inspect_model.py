@@ -416,7 +416,7 @@ def inspect(source: str, model_class: str | None = None, config=None) -> Inspect
     """Inspect a checkpoint folder or Hub id (or an in-memory config) without reading weights."""
     if config is None:
         config = load_config(source)
-    local = Path(source) if Path(source).is_dir() else None
+    local = Path(source) if source and Path(source).is_dir() else None  # Path('') is '.'
     cls, origin = model_class_for(config, model_class)
     attr = text_config_attr(config)
     arch = arch_of(config, attr)
