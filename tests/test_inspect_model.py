@@ -244,3 +244,18 @@ def test_models_new_json_free_listing_still_works(capsys):
     rc, out, _ = call(capsys, "models", "--json")
     names = {r["name"] for r in json.loads(out)}
     assert {"qwen2-vl-7b-instruct", "paligemma2-3b-mix-224", "llava-next-mistral-7b", "idefics3-8b-llama3"} <= names
+
+
+def test_models_new_then_run(capsys, tmp_path, tiny_llava_entry):
+    """A family added by `vseam models new` alone runs end to end (baseline and exact search)."""
+    entry = tmp_path / "added.yaml"
+    assert call(capsys, "models", "new", tiny_llava_entry.parent / "ckpt", "--name", "added", "-o", entry)[0] == 0
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: added-run\nmodel: {entry}\ndevice: cpu\nbatch_size: 4\n"
+                    "data: {source: toyworld, toyworld: {images: 12}, limit: 8}\n"
+                    "search: {strategy: exact, scoring: signed, top_k: 3}\nmodulation: {policy: none}\n")
+    rc, out, err = call(capsys, "run", spec, "--db", tmp_path / "runs.db")
+    assert rc == 0, err
+    rc, out, err = call(capsys, "show", "latest", "--json", "--db", tmp_path / "runs.db")
+    shown = json.loads(out)
+    assert shown["model"] == "added" and shown["status"] == "succeeded"
