@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU checks for a lent CUDA machine: one call, no network, ~5 minutes on an H100.
+# GPU checks for a lent CUDA machine: one call, no network, ~5 minutes on an H100 (at most ~8: every step has a timeout).
 #   bash scripts/gpu_check.sh            (from the repository root; results go to $OUT, default ./gpu_out)
 # 1. the environment: torch with CUDA, the packages vseam imports (nothing is installed from the net);
 # 2. `pytest -m gpu`: exact == reference in float32 / float16 / bfloat16 on tiny models, preset bench at full width;
@@ -39,17 +39,17 @@ fi
 $PY -c "import vseam_run; print('vseam_run from', vseam_run.__file__)" 2>&1 | tee -a "$OUT/summary.txt"
 
 log "pytest -m gpu"
-timeout 200 $PY -m pytest -m gpu -q -p no:cacheprovider -rA tests/test_gpu.py >"$OUT/pytest_gpu.txt" 2>&1
+timeout 150 $PY -m pytest -m gpu -q -p no:cacheprovider -rA tests/test_gpu.py >"$OUT/pytest_gpu.txt" 2>&1
 log "pytest rc=$? : $(tail -1 "$OUT/pytest_gpu.txt")"
 
-# The fast strategies first, the reference (2 × 1024 full passes) last, each with its own limit, so a slow
+# The fast strategies first, the reference (1 question = 1,024 full passes) last, each with its own limit, so a slow
 # reference cannot take the other figures with it.
 log "bench --preset llava-1.5-7b bfloat16, fast strategies"
-timeout 170 $PY -m vseam_run bench search --preset llava-1.5-7b --device cuda --dtype bfloat16 --questions 2 \
+timeout 150 $PY -m vseam_run bench search --preset llava-1.5-7b --device cuda --dtype bfloat16 --questions 2 \
   --strategies exact,attribution,attribution+verify --json >"$OUT/bench_llava7b_fast.json" 2>"$OUT/bench_llava7b_fast.err"
 log "bench fast rc=$?"
 log "bench --preset llava-1.5-7b bfloat16, reference"
-timeout 200 $PY -m vseam_run bench search --preset llava-1.5-7b --device cuda --dtype bfloat16 --questions 2 \
+timeout 150 $PY -m vseam_run bench search --preset llava-1.5-7b --device cuda --dtype bfloat16 --questions 1 \
   --strategies reference --json >"$OUT/bench_llava7b_reference.json" 2>"$OUT/bench_llava7b_reference.err"
 log "bench reference rc=$?"
 $PY - "$OUT" <<'PY' | tee -a "$OUT/summary.txt"
