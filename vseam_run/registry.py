@@ -130,6 +130,13 @@ class ModelEntry(BaseModel):
     def content_hash(self) -> str:
         return hashlib.sha256(self.to_yaml().encode()).hexdigest()
 
+    # Appended last so older entries dump and hash as before apart from this one key.
+    arch: "ArchPreset | None" = Field(
+        None,
+        description="Optional: the real architecture as transformers config kwargs, for `vseam validate` and "
+        "`vseam bench search --preset` on machines without the checkpoint.",
+    )
+
 
 def registry_dirs() -> list[Path]:
     """Registry folders: VSEAM_REGISTRY (os.pathsep-separated) first, then the shipped one."""
@@ -174,3 +181,39 @@ def get_entry(name_or_path: str) -> ModelEntry:
         f"unknown model '{name_or_path}': {did_you_mean}known models: {', '.join(sorted(known))}",
         hint="`vseam models` lists them; or pass a path to a registry YAML file",
     )
+
+
+class ArchPreset(BaseModel):
+    """A model's architecture as config kwargs, buildable offline (no download, no weights).
+
+    `model_type` picks the transformers config class (`AutoConfig.for_model`); nested
+    sub-configs (`text_config`, `vision_config`) are plain mappings with their own model_type.
+    """
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_type: str = Field(description="transformers model_type, e.g. llava, llava_next, qwen2_vl, paligemma.")
+    config: dict = Field(default_factory=dict, description="Keyword arguments of the config class.")
+
+    @field_validator("model_type")
+    @classmethod
+    def _known_model_type(cls, v: str) -> str:
+        from transformers import CONFIG_MAPPING
+
+        if v not in CONFIG_MAPPING:
+            close = difflib.get_close_matches(v, list(CONFIG_MAPPING.keys()), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"'{v}' is not a transformers model_type{hint}")
+        return v
+
+    def build(self):
+        """The transformers config object (a PretrainedConfig)."""
+        from transformers import AutoConfig
+
+        try:
+            return AutoConfig.for_model(self.model_type, **self.config)
+        except (TypeError, ValueError, KeyError) as e:
+            raise VseamError(f"arch preset ({self.model_type}): cannot build its config: {e}") from None
+
+
+ModelEntry.model_rebuild()

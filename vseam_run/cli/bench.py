@@ -14,20 +14,31 @@ app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
 
 @app.command("search")
 def search(
-    layers: Annotated[int, typer.Option(help="Language-model layers.")] = 8,
+    preset: Annotated[str | None, typer.Option(help="Registry entry whose REAL architecture (its arch: preset) to time, random weights.")] = None,
+    layers: Annotated[int | None, typer.Option(help="Language-model layers (default 8; with --preset: all of the entry's).")] = None,
     heads: Annotated[int, typer.Option(help="Attention heads per layer.")] = 8,
     hidden: Annotated[int, typer.Option(help="Hidden size.")] = 256,
-    questions: Annotated[int, typer.Option(help="Questions searched on.")] = 16,
+    questions: Annotated[int | None, typer.Option(help="Questions searched on (default 16; with --preset 4).")] = None,
     image_tokens: Annotated[int, typer.Option(help="Image tokens (a square number).")] = 64,
     text_tokens: Annotated[int, typer.Option(help="Question tokens.")] = 20,
     batch_size: Annotated[int, typer.Option(help="Questions per batch for exact/attribution.")] = 4,
-    batch_rows: Annotated[int, typer.Option(help="(question, head) rows per forward pass in exact (small suits a CPU's cache).")] = 8,
+    batch_rows: Annotated[int | None, typer.Option(help="(question, head) rows per forward pass in exact (default 8, small suits a CPU's cache; with --preset 32).")] = None,
+    project: Annotated[int, typer.Option(help="With --preset: project the cost to this many questions.")] = 1000,
+    device: Annotated[str, typer.Option(help="With --preset: cpu, cuda or cuda:N.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="With --preset: float32, bfloat16 or float16.")] = "float32",
+    strategies: Annotated[str, typer.Option(help="With --preset: comma-separated strategies to time.")] = ",".join(("reference", "exact", "attribution", "attribution+verify")),
+    width: Annotated[int | None, typer.Option(hidden=True, help="Tests only: shrink every width (and the image grid).")] = None,
     scaling: Annotated[bool, typer.Option("--scaling/--no-scaling", help="Also time 4×4, 8×8 and 16×16 heads.")] = True,
     json_: JsonOption = False,
 ) -> None:
-    """Time reference, exact, attribution and attribution+verify on one random LLaVA-architecture model.
+    """Time reference, exact, attribution and attribution+verify on one random LLaVA-architecture model,
+    or (--preset) on a registry entry's real architecture, to know the cost before launching.
 
     Examples:
+
+      vseam bench search --preset llava-1.5-7b --device cuda --dtype bfloat16 --questions 2
+
+      vseam bench search --preset llava-1.5-7b --layers 1 --strategies exact,attribution
 
       vseam bench search
 
@@ -38,6 +49,10 @@ def search(
     import os
 
     os.environ.setdefault("VSEAM_QUIET", "1")
+    if preset:
+        _preset(preset, layers, questions or 4, project, device, dtype, strategies, batch_size, batch_rows or 32, width, json_)
+        return
+    layers, questions, batch_rows = layers or 8, questions or 16, batch_rows or 8
     from vseam_run.bench import BenchModel, run_bench
 
     main = run_bench(BenchModel(layers, heads, hidden, image_tokens, text_tokens, questions), batch_rows=batch_rows, batch_size=batch_size)
@@ -70,3 +85,31 @@ def search(
             t2.add_row(f"{r['layers']}×{r['heads']}", f"{r['reference_seconds']:.2f}", f"{r['exact']:.1f}×",
                        f"{r['attribution']:.1f}×", f"{r['attribution+verify']:.1f}×")
         c.print(t2)
+
+
+def _preset(name: str, layers: int | None, questions: int, project: int, device: str, dtype: str, strategies: str,
+            batch_size: int, batch_rows: int, width: int | None, json_: bool) -> None:
+    from vseam_run.bench_preset import PresetBench, run_preset_bench
+    from vseam_run.errors import VseamError
+
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise VseamError(f"--dtype {dtype}: choose float32, bfloat16 or float16")
+    chosen = tuple(s.strip() for s in strategies.split(",") if s.strip())
+    r = run_preset_bench(PresetBench(name, layers=layers, questions=questions, project=project, device=device, dtype=dtype,
+                                     strategies=chosen, batch_size=min(batch_size, questions), batch_rows=batch_rows, width=width))
+    if json_:
+        print_json(r.to_json())
+        return
+    a = r.architecture
+    t = Table(title=f"{r.preset} (random weights): {a['layers']} layers × {a['heads']} heads ({a['kv_heads']} KV), hidden "
+                    f"{a['hidden']}, {a['image_tokens']} image tokens of {a['sequence_tokens']}, {a['parameters_billion']}B "
+                    f"parameters; {r.device}, {r.dtype}, {r.questions} questions")
+    for col in ("strategy", "seconds", "s / question", "peak memory GiB", f"hours for {r.project} questions"):
+        t.add_column(col, justify="right")
+    for s in r.strategies:
+        t.add_row(s.name, f"{s.seconds:.2f}", f"{s.seconds_per_question:.2f}", f"{s.peak_memory_gib:.2f}", f"{s.projected_hours:.2f}")
+    c = console()
+    c.print(t)
+    c.print(f"memory: {r.memory_kind}", highlight=False)
+    for n in r.notes:
+        c.print(f"note: {n}", highlight=False)

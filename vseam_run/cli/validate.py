@@ -22,6 +22,10 @@ def validate(
     the device, the model's weights and head counts (from its config), a writable workdir and
     every question file. --spec-only skips those (for a spec meant for another machine).
 
+    A registry entry's module paths are checked on the model's module tree built on the meta
+    device (no weights read) from the checkpoint's config when it is on this machine, else from
+    the entry's `arch:` preset; without either only the schema is checked, and the output says so.
+
     Examples:
 
       vseam validate specs/*.yaml --spec-only
@@ -42,10 +46,10 @@ def validate(
             doc = load_yaml(f)
             is_entry = isinstance(doc.data, dict) and "model_class" in doc.data
             if is_entry:
-                load_entry_file(f)
+                _validate_entry(f, load_entry_file(f))
             else:
                 _check_spec(f, spec_only)
-            console().print(f"[green]ok[/]  {escape(str(f))}", highlight=False)
+                console().print(f"[green]ok[/]  {escape(str(f))}", highlight=False)
         except SpecError as e:
             bad += 1
             err_console().print(f"[red]invalid[/] {escape(e.source)}", highlight=False)
@@ -58,6 +62,24 @@ def validate(
     if bad:
         raise typer.Exit(2)
     return 0
+
+
+def _validate_entry(f: Path, entry) -> None:
+    """Check an entry's module paths on its meta-device module tree; say what was checked."""
+    from vseam_run.inspect_model import check_entry
+
+    check = check_entry(entry)
+    if check.errors:
+        raise SpecError(str(f), check.errors)
+    if check.checked_on is None:
+        what = entry.hf_id or str(entry.resolved_path())
+        console().print(
+            f"[green]ok[/]  {escape(str(f))} [yellow](schema only: the config of {escape(what)} is not on this machine "
+            "and the entry has no arch: preset, so module paths were NOT checked)[/]",
+            highlight=False,
+        )
+    else:
+        console().print(f"[green]ok[/]  {escape(str(f))} (module paths checked on {escape(check.checked_on)})", highlight=False)
 
 
 def _check_spec(path: Path, spec_only: bool) -> None:
