@@ -327,7 +327,9 @@ class _Planner:
             source, target, expected = actual or "", asked, YES
         else:
             raise _Skip(f"yes/no question answered '{q.answer}'")
-        phrase = (lambda v: f"{noun} made of {v}") if category == "material" else (lambda v: f"{v} {noun}")
+        made_of = set(GQA_VOCABULARIES["material"] + RECOGNISED_ONLY["material"])
+        # "table made of glass", but "striped ring" (a texture word is an adjective).
+        phrase = lambda v: f"{noun} made of {v}" if category == "material" and v in made_of else f"{v} {noun}"  # noqa: E731
         return self._make(category, source, target, phrase(source) if source else noun, phrase(target), (box,), expected, asked or source)
 
     def _attribute_noun(self) -> str:
