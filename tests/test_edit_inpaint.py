@@ -246,3 +246,34 @@ def test_real_model_spec_lists_what_is_missing(monkeypatch, capsys, tmp_path) ->
     assert rc == 2
     for hf_id in ("stable-diffusion-v1-5/stable-diffusion-inpainting", "facebook/sam-vit-base", "openai/clip-vit-large-patch14"):
         assert hf_id in err, err
+
+
+@pytest.mark.gpu
+def test_cuda_float16_edits_are_confined_and_cached(tmp_path, photos, weights) -> None:
+    """On CUDA the pipeline runs in float16 (SAM and CLIP in float32, through the same loaders); the
+    paste-back keeps every pixel outside the mask exact, and a second pass computes nothing."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from vseam_run.edit.engine import InpaintEditor
+    from vseam_run.edit.text import load_scene_graphs, plan_edits
+    from vseam_run.spec import EditSpec
+
+    cuda = torch.device("cuda")
+    qs = load_questions("gqa", photos / "questions.json", photos / "images").questions
+    plans = plan_edits(qs, vocabularies=TOY_VOCABULARIES, scene_graphs=load_scene_graphs(photos / "scenes.json")).plans
+    spec = EditSpec(recipe="inpaint", inpaint={"model": {"path": str(weights["sd"])}, "steps": 2},
+                    mask={"source": "sam", "margin": 2, "sam": {"path": str(weights["sam"])}},
+                    check={"clip": {"path": str(weights["clip"])}, "min_target_prob": 0.0})  # fmt: skip
+    by_qid = {q.qid: q for q in qs}
+    editor = InpaintEditor(spec, cuda, tmp_path)
+    batch = editor.run((by_qid[p.qid], p) for p in plans)
+    assert editor.inpainter.pipe.unet.dtype == torch.float16 and editor.inpainter.pipe.device.type == "cuda"
+    assert batch.computed == len(plans) and all(e.pixels.outside_max == 0 for e in batch.all)
+    for e in batch.all:
+        orig = np.asarray(Image.open(e.original_image).convert("RGB"))
+        edited = np.asarray(Image.open(e.edited_image).convert("RGB"))
+        mask = np.asarray(Image.open(e.mask_path)) > 127
+        assert np.array_equal(orig[~mask], edited[~mask])
+        assert e.concept is not None and 0.0 <= e.concept.target_prob <= 1.0
+    again = InpaintEditor(spec, cuda, tmp_path).run((by_qid[p.qid], p) for p in plans)
+    assert again.computed == 0 and again.reused == len(plans)
