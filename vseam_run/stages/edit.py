@@ -127,9 +127,12 @@ def _store(ctx: EditContext, batch: EditBatch) -> None:
     ctx.store.put_document(ctx.run_id, "edits", manifest)
     if batch.skipped:
         ctx.store.put_document(ctx.run_id, "edit.skipped", [{"qid": s.qid, "reason": s.reason} for s in batch.skipped])
-    for r in batch.all:
-        ctx.store.add_artifact(ctx.run_id, "edit.mask", r.mask_path)
-        ctx.store.add_artifact(ctx.run_id, "edit.image", r.edited_image)
+    if ctx.spec.edit is not None and ctx.spec.edit.recipe == "inpaint":
+        # Generated files get their own artifact rows (hash included); the toy world's exact
+        # re-renders (hundreds per run, remade at will) are listed in the manifest only.
+        for r in batch.all:
+            ctx.store.add_artifact(ctx.run_id, "edit.mask", r.mask_path)
+            ctx.store.add_artifact(ctx.run_id, "edit.image", r.edited_image)
     summary = batch.summary()
     ctx.store.put_document(ctx.run_id, "edit.summary", {**summary, "dropped": [{"qid": r.qid, "reason": r.reason} for r in batch.dropped]})
     ctx.record(summary)
