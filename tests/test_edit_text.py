@@ -157,3 +157,35 @@ def test_rewriter_hook_accepts_only_a_vocabulary_swap() -> None:
     assert new.expected_answer == "no"
     for junk in ("", "Are the pants made of purple?", "Are the shoes purple?", "Are the pants delicious?"):
         assert apply_rewrite(plan, junk, GQA_VOCABULARIES, "fake-lm") == plan, junk
+
+
+def test_rewriter_runs_a_local_causal_lm(tmp_path: Path) -> None:
+    """The optional hook end to end: an entry → a tiny random LlamaForCausalLM (saved and loaded
+    like a real one) → few-shot prompt → greedy text → kept only if it is a vocabulary swap."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edit_models import word_tokenizer
+    from vseam_run.edit import models
+    from vseam_run.edit.rewriter import load_examples, make_rewrite, model_generator
+    from vseam_run.spec import EditModelRef, EditTextSpec
+
+    torch.manual_seed(0)
+    tok = word_tokenizer(256)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0, bos_token_id=2, eos_token_id=3)  # fmt: skip
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "lm")
+    tok.save_pretrained(tmp_path / "lm")
+    ref = EditModelRef(path=tmp_path / "lm", class_name="AutoModelForCausalLM")
+    model, loaded_tok = models.load_transformers(ref, "rewriter", torch.device("cpu"))
+    generate = model_generator(model, loaded_tok, torch.device("cpu"), max_new_tokens=6)
+    qs = gqa("gqa_attribute_color.json")
+    plans = plan_edits(qs).plans
+    texts = [generate("Original: Are the pants purple?\nCounterfactual:") for _ in range(2)]
+    assert texts[0] == texts[1] and isinstance(texts[0], str)  # greedy: deterministic
+    hook = make_rewrite(generate, load_examples(FIXTURES / "counterfactual_prompt_examples.json"), {q.qid: q for q in qs}, EditTextSpec(), "tiny-lm")
+    rewritten = plan_edits(qs, rewrite=hook).plans
+    # A random model writes no valid swap: every plan stands as the rules made it.
+    assert [p for p in rewritten] == plans
+    with pytest.raises(Exception, match="not a transformers model class"):
+        models.resolve_class(EditModelRef(path=tmp_path / "lm", class_name="pipeline"), "rewriter")
