@@ -189,3 +189,12 @@ def test_rewriter_runs_a_local_causal_lm(tmp_path: Path) -> None:
     assert [p for p in rewritten] == plans
     with pytest.raises(Exception, match="not a transformers model class"):
         models.resolve_class(EditModelRef(path=tmp_path / "lm", class_name="pipeline"), "rewriter")
+
+
+def test_every_edit_spec_field_is_documented() -> None:
+    from vseam_run import spec
+
+    for model in (spec.EditSpec, spec.EditTextSpec, spec.EditMaskSpec, spec.EditInpaintSpec, spec.EditCheckSpec, spec.EditModelRef):
+        undocumented = [name for name, f in model.model_fields.items() if not f.description]
+        assert not undocumented, (model.__name__, undocumented)
+    assert spec.DataSpec.model_fields["category_from"].description

@@ -73,7 +73,7 @@ class ConceptScorer:
     @torch.no_grad()
     def target_probs(self, crops: list[Image.Image], target: str, source: str) -> list[float]:
         texts = [self.template.format(target), self.template.format(source)]
-        inputs = self.processor(text=texts, images=crops, return_tensors="pt", padding=True)
+        inputs = self.processor(text=texts, images=crops, return_tensors="pt", padding=True, truncation=True)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(next(self.model.parameters()).dtype)

@@ -136,9 +136,20 @@ def _store(ctx: EditContext, batch: EditBatch) -> None:
     summary = batch.summary()
     ctx.store.put_document(ctx.run_id, "edit.summary", {**summary, "dropped": [{"qid": r.qid, "reason": r.reason} for r in batch.dropped]})
     ctx.record(summary)
+    ctx.log(_summary_line(summary))
     if batch.dropped:
         ctx.log(f"  {len(batch.dropped)} edit(s) failed a check and are dropped: {batch.dropped[0].qid}: {batch.dropped[0].reason}"
                 + (" …" if len(batch.dropped) > 1 else ""))  # fmt: skip
+
+
+def _summary_line(m: dict[str, float]) -> str:
+    """The per-run edit-quality summary in one line."""
+    parts = [f"  edits: {m['edit.kept']:.0f} kept, {m['edit.dropped']:.0f} dropped, {m['edit.skipped']:.0f} questions skipped"]
+    if "edit.outside_change_max" in m:
+        parts.append(f"max change outside masks {m['edit.outside_change_max']:g}, mean inside {m['edit.inside_change_mean']:.1f}")
+    if "edit.concept_prob_mean" in m:
+        parts.append(f"CLIP P(target) mean {m['edit.concept_prob_mean']:.2f} (gain {m['edit.concept_gain_mean']:+.2f})")
+    return "; ".join(parts)
 
 
 def _score_edited(ctx: EditContext, batch: EditBatch, by_qid: dict[str, Question], base_rows: dict[str, dict]) -> list[dict]:
