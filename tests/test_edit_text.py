@@ -198,3 +198,20 @@ def test_every_edit_spec_field_is_documented() -> None:
         undocumented = [name for name, f in model.model_fields.items() if not f.description]
         assert not undocumented, (model.__name__, undocumented)
     assert spec.DataSpec.model_fields["category_from"].description
+
+
+def test_scene_graph_gives_the_actual_value_and_the_box() -> None:
+    from vseam_run.edit.text import load_scene_graphs
+
+    graphs = load_scene_graphs(FIXTURES / "gqa_scene_graph_example.json")
+    q = Question(
+        qid="q1", image_id="2353884", image_path=FIXTURES / "2353884.jpg", question="Are the socks red?", answer="no",
+        level="attribute", category="color", objects=["socks"], boxes=[],  # no object_positions: the graph has them
+        extra={"semantic": [{"operation": "select", "dependencies": [], "argument": "socks (2795769)"},
+                            {"operation": "verify color", "dependencies": [0], "argument": "red"}]},
+    )  # fmt: skip
+    p = plan_edit(q, scene_graphs=graphs)
+    assert isinstance(p, EditPlan)
+    assert (p.source, p.target, p.expected_answer, p.boxes) == ("white", "red", "yes", (Box(267, 207, 28, 19),))
+    assert p.source_phrase == "white socks"
+    assert isinstance(plan_edit(q), EditSkip)  # without the graph there is no box
