@@ -226,9 +226,10 @@ def test_trace_section_is_not_available_yet():
     assert err.startswith("trace: ") and "not available yet" in err and err.endswith("(line 4)")
 
 
-def test_inpaint_recipe_is_not_available_yet():
-    err = only_error(BASE + "edit: {recipe: inpaint}\n")
-    assert err.startswith("edit.recipe: ") and "not available yet" in err and "procedural" in err
+def test_inpaint_recipe_needs_its_models():
+    err = only_error(BASE + "edit: {recipe: inpaint, mask: {source: sam}}\n")
+    assert err.startswith("edit: ") and "inpaint.model" in err and "check.clip" in err and "mask.sam" in err
+    assert "a model entry needs hf_id or path" in only_error(BASE + "edit: {recipe: procedural, check: {clip: {name: x}}}\n")
 
 
 def test_modulation_without_search_is_an_error():

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import json
 import platform
 import time
 import traceback
@@ -79,6 +78,10 @@ def preflight(spec: Spec) -> tuple[registry.ModelEntry, torch.device]:
 
     entry = registry.get_entry(spec.model)
     problems = machine_problems(spec, entry)
+    if spec.edit is not None:
+        from vseam_run.stages.edit import edit_model_problems
+
+        problems += edit_model_problems(spec.edit)
     if problems:
         raise VseamError(f"spec '{spec.name}' cannot run on this machine:\n  " + "\n  ".join(problems))
     return entry, resolve_device(spec.device)
@@ -245,6 +248,7 @@ class _Stages:
         if loaded.skipped:
             self.store.put_document(self.run_id, "skipped", [{"qid": q, "reason": r} for q, r in loaded.skipped])
             self.log(f"  skipped {len(loaded.skipped)} question(s) (see `vseam show {self.run_id} --json`, key 'skipped')")
+        self._single_answer(loaded.questions)
 
     def _baseline(self, items: list[Item], untokenizable: list[str]) -> list[dict]:
         self._record_untokenizable("data", untokenizable)
@@ -255,11 +259,22 @@ class _Stages:
         self.log(f"  baseline accuracy {self.metrics['baseline.accuracy']:.3f} on {len(rows)} questions")
         return rows
 
+    def _single_answer(self, questions: list[Question]) -> None:
+        from vseam_run.data import single_answer_groups
+
+        single = single_answer_groups(questions)
+        if single:
+            self.store.put_document(self.run_id, "data.single_answer", single)
+            self.record({f"data.single_answer.{k.replace('/', '.')}": 1 for k in single})
+            self.log("  every question of " + ", ".join(f"{k} answers {a!r}" for k, a in single.items())
+                     + ": accuracy there cannot tell a model from one that always says so")
+
     def _load(self, d, toy) -> LoadResult:
         params = ToyWorldParams(seed=toy.seed if toy.seed is not None else self.spec.seed, images=toy.images, image_size=toy.image_size)
         return load_questions(
             d.source, d.path, d.images, level=d.level, categories=d.categories, limit=d.limit,
             on_missing_image=d.on_missing_image, toyworld=params, cache_dir=self.cache_dir,
+            category_from=getattr(d, "category_from", "program"),
         )
 
     def _items(self, questions: list[Question], split_of: dict[str, str], stage: str) -> tuple[list[Item], list[str]]:
@@ -285,35 +300,10 @@ class _Stages:
                      + (" …" if len(empty) > 5 else "") + f"; e.g. {self.vlm.explain_answer(self._answer_of[empty[0]])}")
 
     def _edits(self, questions: list[Question], base_rows: dict[str, dict]) -> None:
-        from vseam_run.edit.procedural import make_edits
+        from vseam_run.stages.edit import EditContext, run_edit_stage
 
-        edits = make_edits(questions, self.cache_dir / "edits", progress=True)
-        manifest = [{"qid": e.qid, "edit": e.edit_text, "original_answer": e.original_answer, "edited_answer": e.edited_answer,
-                     "image": str(e.image_path), "mask": str(e.mask_path)} for e in edits]
-        self.art_dir.mkdir(parents=True, exist_ok=True)
-        manifest_path = self.art_dir / "edits.json"
-        manifest_path.write_text(json.dumps(manifest, indent=1))
-        self.artifact("edits.manifest", manifest_path)
-        by_qid = {q.qid: q for q in questions}
-        sample = [(by_qid[e.qid].image_path, e.image_path, e.mask_path, f"{by_qid[e.qid].question}\n{e.edit_text}: "
-                   f"{e.original_answer} → {e.edited_answer}") for e in edits[:: max(1, len(edits) // 8)][:8]]
-        self.artifact("edits.contact_sheet", report.edit_contact_sheet(sample, self.art_dir / "edits.png", title=f"counterfactual edits — {self.spec.name}"))
-        # Baseline on the counterfactual images: does the model follow the concept change?
-        from PIL import Image
-
-        gold = self.vlm.answer_token_ids([e.edited_answer for e in edits])
-        items = []
-        for e, g in zip(edits, gold):
-            if g is None:
-                continue
-            with Image.open(e.image_path) as im:
-                items.append(Item(e.qid, im.convert("RGB"), by_qid[e.qid].question, e.edited_answer, g, by_qid[e.qid].category))
-        rows = ScoredSet.score_once(self.vlm, items, self.spec.batch_size, "edited")
-        self.store.log_question_results(self.run_id, "edited", rows)
-        flipped = [r["pred"] != base_rows[r["qid"]]["pred"] for r in rows if r["qid"] in base_rows]
-        self.record({"edit.count": len(edits), "edit.accuracy": accuracy(rows),
-                     "edit.prediction_flip_rate": float(np.mean(flipped)) if flipped else 0.0})
-        self.log(f"  {len(edits)} edits; accuracy on edited images {self.metrics['edit.accuracy']:.3f}")
+        ctx = EditContext(self.spec, self.store, self.run_id, self.device, self.cache_dir, self.art_dir, self.log, self.record, self.vlm)
+        self.edits = run_edit_stage(ctx, questions, base_rows)
 
     def _search(self, items: list[Item], fp: Fingerprint) -> SearchResult:
         s = self.spec.search

@@ -61,6 +61,11 @@ class DataSpec(_Strict):
         "error", description="A missing or unreadable image stops the run (error) or is skipped and counted (skip)."
     )
     toyworld: ToyWorldSpec = Field(default_factory=ToyWorldSpec, description="Generator settings for source: toyworld.")
+    category_from: Literal["program", "file"] = Field(
+        "program",
+        description="GQA: derive each question's category from its semantic program (program), or take it from the "
+        "file name (file: Animal.json → animal, gqa_attribute_color.json → color), as the original release groups them.",
+    )
 
     @model_validator(mode="after")
     def _path_needed(self) -> "DataSpec":
@@ -69,21 +74,120 @@ class DataSpec(_Strict):
         return self
 
 
+class EditModelRef(_Strict):
+    """A registry-style entry for a model the edit stage uses (SAM, CLIP, an inpainting pipeline, a
+    text generator): where its weights are and which class loads them. Weights are read from the
+    local folder or the Hugging Face cache only, unless VSEAM_ALLOW_DOWNLOAD=1."""
+
+    name: str = Field("", description="Label shown in logs and stored with each edit (defaults to hf_id or path).")
+    hf_id: str | None = Field(None, description="Hugging Face id, loaded from the local cache (downloaded only with VSEAM_ALLOW_DOWNLOAD=1).")
+    path: Path | None = Field(None, description="Local folder saved with save_pretrained; wins over hf_id.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) for hf_id.")
+    class_name: str | None = Field(
+        None, description="Class that loads it: a transformers model class (SAM: SamModel, CLIP: CLIPModel, "
+        "rewriter: AutoModelForCausalLM) or, for inpainting, a diffusers pipeline class (AutoPipelineForInpainting). "
+        "Resolved only from those namespaces; the role's default when unset.",
+    )
+    processor_class: str | None = Field(None, description="transformers processor/tokenizer class (SamProcessor, CLIPProcessor, AutoTokenizer); the role's default when unset.")
+    trust_remote_code: bool = Field(False, description="Allow code from the checkpoint. Off unless the entry says so.")
+
+    @model_validator(mode="after")
+    def _has_location(self) -> "EditModelRef":
+        if not self.hf_id and self.path is None:
+            raise ValueError("a model entry needs hf_id or path")
+        return self
+
+    def label(self) -> str:
+        return self.name or self.hf_id or str(self.path)
+
+
+class EditTextSpec(_Strict):
+    """How the edit (source concept → target concept) is written from each question."""
+
+    vocabularies: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Replacement vocabularies by category (animal, indoor, vehicle, color, material, action, ...), "
+        "merged over the built-in ones; a target is drawn from the source's category, never the source itself.",
+    )
+    scene_graphs: Path | None = Field(
+        None, description="GQA scene-graph JSON (keyed by image id). Used, where present, for the actual attribute of "
+        "'no' questions, exact object boxes, and to skip object swaps that leave another instance in the image.",
+    )
+    examples: Path | None = Field(None, description="Few-shot examples (counterfactual_prompt_examples.json format) for the rewriter.")
+    rewriter: EditModelRef | None = Field(
+        None, description="Optional local text-generation model that rewrites each question with the few-shot examples; "
+        "its rewrite is used only when it swaps the edited concept for another word of the same vocabulary. Never required.",
+    )
+    max_new_tokens: int = Field(24, ge=1, description="Tokens the rewriter may generate per question.")
+
+
+class EditMaskSpec(_Strict):
+    """Where each edit may change pixels."""
+
+    source: Literal["box", "sam"] = Field("box", description="box: the question's object boxes; sam: SAM masks prompted with those boxes.")
+    margin: int = Field(8, ge=0, description="Pixels the mask is dilated by (inpainting needs some context around the object).")
+    sam: EditModelRef | None = Field(None, description="SAM entry (transformers SamModel / SamProcessor); needed for source: sam.")
+    min_sam_fraction: float = Field(
+        0.05, ge=0, le=1, description="A SAM mask covering less than this fraction of its box is not trusted: the box is used (and recorded)."
+    )
+
+
+class EditInpaintSpec(_Strict):
+    """Diffusion inpainting (diffusers) of the masked region."""
+
+    model: EditModelRef | None = Field(None, description="Inpainting pipeline entry (class_name defaults to AutoPipelineForInpainting); needed for recipe: inpaint.")
+    steps: int = Field(50, ge=1, description="Denoising steps.")
+    guidance: float = Field(7.5, ge=0, description="Classifier-free guidance scale.")
+    seed: int = Field(42, description="Generator seed; the same seed, inputs and model give the same edit (and the cache reuses it).")
+    negative_prompt: str = Field("low quality, blurry", description="Negative prompt.")
+    strength: float = Field(1.0, gt=0, le=1, description="How far the masked region is re-noised (1 = fully repainted).")
+    prompt_template: str = Field("a photo of {target}", description="Inpainting prompt; {target} is the edit's target phrase (e.g. 'a green car').")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_target(cls, v: str) -> str:
+        if "{target}" not in v:
+            raise ValueError("must contain {target}")
+        return v
+
+
+class EditCheckSpec(_Strict):
+    """Proof that an edit is what it claims; failing edits are dropped from later stages and counted."""
+
+    clip: EditModelRef | None = Field(None, description="Image–text model (transformers CLIPModel / CLIPProcessor) scoring target vs source concept on the masked crop; needed for recipe: inpaint.")
+    min_target_prob: float = Field(
+        0.5, ge=0, le=1, description="Least P(target | masked crop of the edited image) against the source concept for an edit to be kept."
+    )
+    max_outside_change: float = Field(0.0, ge=0, description="Largest allowed pixel change (0–255) outside the mask; 0 = exact paste-back.")
+
+
 class EditSpec(_Strict):
     """Counterfactual image edits."""
 
     recipe: Literal["procedural", "inpaint"] = Field(
         "procedural",
-        description="procedural: exact scene-graph edits of the toy world. inpaint: SAM mask + diffusion "
-        "inpainting of real images (not available yet).",
+        description="procedural: exact scene-graph edits of the toy world. inpaint: edit text from the question, "
+        "box or SAM mask, diffusion inpainting pasted back, and a CLIP concept check (real images).",
     )
+    text: EditTextSpec = Field(default_factory=EditTextSpec, description="How edits are written from questions (inpaint).")
+    mask: EditMaskSpec = Field(default_factory=EditMaskSpec, description="Masks (inpaint).")
+    inpaint: EditInpaintSpec = Field(default_factory=EditInpaintSpec, description="Inpainting settings (inpaint).")
+    check: EditCheckSpec = Field(default_factory=EditCheckSpec, description="Edit checks and the concept threshold (inpaint).")
+    contact_sheet: int = Field(8, ge=0, description="Rows of the edit contact sheet, drawn across every category (0: none).")
+    limit: int | None = Field(None, ge=1, description="Edit at most this many questions (after skipping those with no sensible edit).")
 
-    @field_validator("recipe")
-    @classmethod
-    def _available(cls, v: str) -> str:
-        if v == "inpaint":
-            raise ValueError("recipe 'inpaint' (SAM + diffusion inpainting) is not available yet; use 'procedural' on the toy world")
-        return v
+    @model_validator(mode="after")
+    def _models_needed(self) -> "EditSpec":
+        problems = []
+        if self.recipe == "inpaint" and self.inpaint.model is None:
+            problems.append("recipe inpaint needs inpaint.model (a diffusers inpainting pipeline)")
+        if self.recipe == "inpaint" and self.check.clip is None:
+            problems.append("recipe inpaint needs check.clip (the concept check)")
+        if self.mask.source == "sam" and self.mask.sam is None:
+            problems.append("mask.source sam needs mask.sam (a SamModel entry)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class SearchSpec(_Strict):

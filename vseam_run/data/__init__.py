@@ -28,7 +28,8 @@ Source = Literal["gqa", "pope", "cocoqa", "toyworld"]
 OnMissingImage = Literal["error", "skip"]
 SOURCES: tuple[str, ...] = ("gqa", "pope", "cocoqa", "toyworld")
 #: File types read when data.path is a folder, per source.
-_SUFFIX = {"gqa": ".json", "pope": ".jsonl", "cocoqa": ".csv"}
+#: (POPE's released files are JSON lines named *.json, so both endings are read.)
+_SUFFIX: dict[str, tuple[str, ...]] = {"gqa": (".json",), "pope": (".jsonl", ".json"), "cocoqa": (".csv",)}
 
 __all__ = [
     "Box",
@@ -39,6 +40,7 @@ __all__ = [
     "check_question_files",
     "default_cache_dir",
     "load_questions",
+    "single_answer_groups",
 ]
 
 
@@ -66,6 +68,7 @@ def load_questions(
     on_missing_image: OnMissingImage = "error",
     toyworld: ToyWorldParams | None = None,
     cache_dir: Path | None = None,
+    category_from: Literal["program", "file"] = "program",
 ) -> LoadResult:
     """Read questions from a source and select them.
 
@@ -75,6 +78,8 @@ def load_questions(
     categories, then the image check, then the first `limit` questions. A missing or
     corrupt image raises a VseamError, or with `on_missing_image="skip"` is recorded in
     `skipped`; so are questions with an empty answer. Raises VseamError when nothing is left.
+    `category_from="file"` takes GQA categories from the file names (the original release's
+    Animal.json, Color.json, ...) instead of deriving them from the semantic program.
     """
     if source not in SOURCES:
         raise VseamError(f"unknown data source {source!r}", hint=f"use one of: {', '.join(SOURCES)}")
@@ -85,7 +90,7 @@ def load_questions(
     if source == "toyworld":
         questions, skipped = _read_toyworld(path, images, level, toyworld, cache_dir or default_cache_dir())
     else:
-        questions, skipped = _read_files(source, path, images, level)
+        questions, skipped = _read_files(source, path, images, level, category_from == "file")
     _check_unique(questions)
     return _select(questions, skipped, level, categories, limit, on_missing_image, describe=str(path or source))
 
@@ -116,11 +121,24 @@ def check_question_files(
     return len(kept)
 
 
+def single_answer_groups(questions: list[Question]) -> dict[str, str]:
+    """Categories (level/category) of two or more questions whose questions all have one answer,
+    with that answer. The released object- and relation-level GQA files answer "Yes" to every
+    question: accuracy on such a split says little, and the run should say so."""
+    answers: dict[str, set[str]] = {}
+    counts: dict[str, int] = {}
+    for q in questions:
+        key = f"{q.level}/{q.category}"
+        answers.setdefault(key, set()).add(q.answer)
+        counts[key] = counts.get(key, 0) + 1
+    return {k: next(iter(a)) for k, a in sorted(answers.items()) if len(a) == 1 and counts[k] > 1}
+
+
 # --- reading ----------------------------------------------------------------------------------
 
 
 def _read_files(
-    source: Source, path: Path | None, images: Path | None, level: Level | None
+    source: Source, path: Path | None, images: Path | None, level: Level | None, category_from_file: bool = False
 ) -> tuple[list[Question], list[tuple[str, str]]]:
     if path is None:
         raise VseamError(f"data.path is required for source {source}", hint="point it at the questions file")
@@ -132,7 +150,7 @@ def _read_files(
     skipped: list[tuple[str, str]] = []
     for file in _data_files(source, Path(path)):
         if source == "gqa":
-            parsed = read_gqa(file, images, level=level)
+            parsed = read_gqa(file, images, level=level, category_from_file=category_from_file)
             questions += parsed.questions
             skipped += parsed.skipped
         elif source == "pope":
@@ -147,9 +165,10 @@ def _data_files(source: Source, path: Path) -> list[Path]:
         if not path.is_file():
             raise VseamError(f"data file not found: {path}", hint="check data.path")
         return [path]
-    files = sorted(p for p in path.iterdir() if p.suffix == _SUFFIX[source] and p.is_file())
+    # Subfolders too: the original release keeps one folder per level (object/Animal.json, ...).
+    files = sorted(p for p in path.rglob("*") if p.suffix in _SUFFIX[source] and p.is_file())
     if not files:
-        raise VseamError(f"no {_SUFFIX[source]} files in {path}", hint=f"point data.path at a {source} questions file")
+        raise VseamError(f"no {' / '.join(_SUFFIX[source])} files in {path}", hint=f"point data.path at a {source} questions file")
     return files
 
 

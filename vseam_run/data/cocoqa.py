@@ -2,7 +2,7 @@
 
 The CSV has a leading unnamed index column, then image id, question, answer; header names
 vary between exports, so columns are taken by position. One file holds one question type,
-named by its last `_` part (`cocoqa_color.csv` → color), which gives the category and the
+named by the `_` part of its name that is a question type (`cocoqa_color.csv`, `color_coco_qa.csv` → color), which gives the category and the
 level. COCO file names embed the 12-digit image id (`COCO_train2014_000000023004.jpg`), and
 the split in the name is not in the CSV, so the image folder is indexed once by the number
 at the end of each file name.
@@ -36,7 +36,7 @@ def read_cocoqa(path: Path, images: Path, *, level: Level | None = None) -> list
     """
     if not path.is_file():
         raise VseamError(f"data file not found: {path}", hint="check data.path")
-    category = path.stem.split("_")[-1].lower()
+    category = file_category(path)
     file_level = CATEGORY_LEVEL.get(category, level)
     if file_level is None:
         raise VseamError(
@@ -82,6 +82,13 @@ def _question(path: Path, lineno: int, row: list[str], category: str, level: Lev
         category=category,
         extra={"source_line": lineno},
     )
+
+
+def file_category(path: Path) -> str:
+    """`cocoqa_color.csv` and the release's `color_coco_qa.csv` both → color: the first `_` part
+    that names a known question type, else the last part."""
+    parts = path.stem.lower().split("_")
+    return next((p for p in parts if p in CATEGORY_LEVEL), parts[-1])
 
 
 class ImageIndex:

@@ -19,6 +19,7 @@ from vseam_run.data.base import Box, Level, Question
 from vseam_run.errors import VseamError
 
 SEMANTIC_LEVEL: dict[str, Level] = {"obj": "object", "attr": "attribute", "rel": "relation"}
+CATEGORY_LEVELS: tuple[str, ...] = ("object", "attribute", "relation")
 
 #: Object names → V-SEAM's GQA object categories (plural forms are matched too).
 OBJECT_CATEGORY: dict[str, str] = {
@@ -83,23 +84,57 @@ def read_json(path: Path) -> Any:
         raise VseamError(f"{path}: not UTF-8 text: {e}", hint="is this the right file?") from e
 
 
-def read_gqa(path: Path, images: Path, *, level: Level | None = None, extra_keys: Iterable[str] = ()) -> GqaParse:
+#: The original release's per-category files (Animal.json, Color.json, ...) and their levels.
+FILE_CATEGORY_LEVEL: dict[str, Level] = {
+    "animal": "object", "indoor": "object", "vehicle": "object",
+    "color": "attribute", "material": "attribute",
+    "action": "relation", "spatial": "relation",
+}  # fmt: skip
+
+
+def file_category(path: Path) -> str:
+    """The category a file's name gives: `Animal.json` → animal, `gqa_attribute_color.json` → color.
+
+    The last `_`/`-` part that names a known category wins, else the last part."""
+    parts = [p for p in re.split(r"[_\-\s]+", path.stem.lower()) if p]
+    known = [p for p in parts if p in FILE_CATEGORY_LEVEL]
+    return known[-1] if known else (parts[-1] if parts else path.stem.lower())
+
+
+def read_gqa(
+    path: Path,
+    images: Path,
+    *,
+    level: Level | None = None,
+    extra_keys: Iterable[str] = (),
+    category_from_file: bool = False,
+) -> GqaParse:
     """Questions of a GQA file, in file order.
 
     Records without a usable `types.semantic` are taken to be of `level` (when given);
     filtering by level is left to the caller. `extra_keys` are record fields copied into
-    `Question.extra` as they are (the toy world keeps its `target` this way).
+    `Question.extra` as they are (the toy world keeps its `target` this way). With
+    `category_from_file`, the category is the file's (see `file_category`), and so is the level
+    of records without `types.semantic` (else the parent folder's name, when it is a level).
     """
     out = GqaParse()
     resolve = _ImageResolver(images)
     keys = tuple(extra_keys)
+    forced = file_category(path) if category_from_file else None
+    fallback_level = level
+    if forced is not None:
+        folder = path.parent.name.lower()
+        fallback_level = FILE_CATEGORY_LEVEL.get(forced) or (folder if folder in CATEGORY_LEVELS else None) or level  # type: ignore[assignment]
     for qid, rec in _records(path, read_json(path)):
-        rec_level = SEMANTIC_LEVEL.get(str((rec.get("types") or {}).get("semantic"))) or level
+        rec_level = SEMANTIC_LEVEL.get(str((rec.get("types") or {}).get("semantic"))) or fallback_level
         if rec_level is None:
             semantic = (rec.get("types") or {}).get("semantic")
             out.skipped.append((qid, f"types.semantic {semantic!r} is not obj, attr or rel; set data.level to use it"))
             continue
-        out.questions.append(_question(path, qid, rec, rec_level, resolve, keys))
+        q = _question(path, qid, rec, rec_level, resolve, keys)
+        if forced is not None:
+            q.category = forced
+        out.questions.append(q)
     return out
 
 
