@@ -176,6 +176,13 @@ class _Stages:
         if spec.edit is not None:
             with self.timed("edit"):
                 self._edits(loaded.questions, {r["qid"]: r for r in rows})
+        if spec.trace is not None:
+            from vseam_run.edit.procedural import make_edits
+            from vseam_run.stages.trace import run_trace
+
+            with self.timed("trace"):
+                run_trace(self, spec.trace, loaded.questions, make_edits(loaded.questions, self.cache_dir / "edits", progress=False),
+                          name=spec.name, batch_size=spec.batch_size)
         if spec.search is None:
             return self.metrics
         by_split = {s: [it for it in items if it.split == s] for s in ("search", "val", "test")}

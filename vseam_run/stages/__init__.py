@@ -1,0 +1,1 @@
+"""One module per pipeline stage: each takes typed inputs and returns a typed result."""
