@@ -268,3 +268,63 @@ def test_to_json_is_strict_json(llava):
     res.patched[0, 0] = np.nan
     doc = json.loads(json.dumps(res.to_json(), allow_nan=False))
     assert doc["excluded"]["clean_to_edited"] == 1 and len(doc["tables"]["clean_to_edited.resid"]["recovery"]) == vlm.num_layers
+
+
+# ---- the stage in a run ------------------------------------------------------------------------
+
+TRACE_SPEC = """\
+name: traced
+model: {model}
+device: cpu
+batch_size: 4
+data: {{source: toyworld, toyworld: {{images: 12}}, limit: 10}}
+edit: {{recipe: procedural}}
+trace: {{margin: 0.0, pairs: 3, batch_rows: 16}}
+"""
+
+
+def test_trace_stage_records_resumes_and_draws(tmp_path, tiny_llava_entry, monkeypatch, capsys):
+    from vseam_run.cli.main import cli
+    from vseam_run.stages import trace as stage
+    from vseam_run.store import RunStore
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(TRACE_SPEC.format(model=tiny_llava_entry))
+    db = tmp_path / "runs.db"
+    monkeypatch.chdir(tmp_path)
+    real_save, saved = stage._StoreCheckpointer.save, []
+
+    def save_then_interrupt(self, key, payload):
+        real_save(self, key, payload)
+        saved.append(key)
+        raise KeyboardInterrupt  # Ctrl-C right after the first traced layer is stored
+
+    monkeypatch.setattr(stage._StoreCheckpointer, "save", save_then_interrupt)
+    assert cli(["run", str(spec), "--db", str(db)]) == 130
+    assert len(saved) == 1 and saved[0].startswith("exact.") and saved[0].endswith(":0")
+    with RunStore(db) as store:
+        (run,) = store.list_runs()
+
+    def save_and_note(self, key, payload):
+        real_save(self, key, payload)
+        saved.append(key)
+
+    monkeypatch.setattr(stage._StoreCheckpointer, "save", save_and_note)
+    assert cli(["run", "--resume", run.id, "--db", str(db)]) == 0, capsys.readouterr()
+    prefix = saved[0].rsplit(":", 1)[0]
+    assert saved == [f"{prefix}:{l}" for l in range(3)]  # layer 0 came from the checkpoint
+    with RunStore(db) as store:
+        doc = store.get_document(run.id, "trace")
+        metrics = store.get_run(run.id).metrics
+        kinds = {a.kind for a in store.get_run(run.id).artifacts}
+    assert doc["pairs"] == metrics["trace.pairs"] <= 3 and doc["method"] == "exact"
+    for d in ("clean_to_edited", "edited_to_clean"):
+        assert doc["eligible"][d] + doc["excluded"][d] == doc["pairs"]
+        assert metrics[f"trace.{d}.included"] == doc["eligible"][d]
+    assert metrics["trace.spot_check_max_diff"] <= 1e-4
+    assert set(doc["tables"]) <= {f"{d}.{c}" for d in tr.DIRECTIONS for c in tr.COMPONENTS} and doc["tables"]
+    some = next(iter(doc["tables"].values()))
+    assert len(some["recovery"]) == 3 and len(some["recovery"][0]) == len(doc["groups"])
+    assert "image" in doc["groups"] and "last" in doc["groups"]
+    assert len(doc["lens"]["clean_image.clean_answer"]["mean_prob"]) == 3
+    assert "trace.logit_lens" in kinds and any(k.startswith("trace.heatmap.") for k in kinds)
