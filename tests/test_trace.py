@@ -328,3 +328,15 @@ def test_trace_stage_records_resumes_and_draws(tmp_path, tiny_llava_entry, monke
     assert "image" in doc["groups"] and "last" in doc["groups"]
     assert len(doc["lens"]["clean_image.clean_answer"]["mean_prob"]) == 3
     assert "trace.logit_lens" in kinds and any(k.startswith("trace.heatmap.") for k in kinds)
+
+
+def test_trace_figures(tmp_path):
+    from vseam_run import report
+
+    rec = np.array([[0.1, np.nan, 1.0], [0.5, -0.2, 0.0]])
+    path = report.trace_heatmap({"resid": rec, "attn": rec * 2}, ["image", "q_last", "last"], tmp_path / "h.png", title="t")
+    assert path.stat().st_size > 0
+    with pytest.raises(ValueError, match="panel 'mlp' has shape"):
+        report.trace_heatmap({"mlp": rec[:, :2]}, ["image", "q_last", "last"], tmp_path / "x.png", title="t")
+    lens = report.logit_lens_plot({"clean image, clean answer": ([0.1, 0.9], [3, 1])}, tmp_path / "l.png", title="t")
+    assert lens.stat().st_size > 0
