@@ -35,3 +35,15 @@ def test_bench_cli_json(capsys):
     assert rc == 0
     data = json.loads(capsys.readouterr().out)
     assert [s["name"] for s in data["strategies"]] == ["reference", "exact", "attribution", "attribution+verify"]
+
+
+def test_trace_bench_exactness_and_agreement(capsys):
+    rc = cli(["bench", "trace", "--json", "--layers", "2", "--heads", "2", "--hidden", "32", "--pairs", "2",
+              "--reference-pairs", "1", "--image-tokens", "16", "--text-tokens", "5"])
+    assert rc == 0
+    data = json.loads(capsys.readouterr().out)
+    by = {m["name"]: m for m in data["methods"]}
+    assert set(by) == {"exact", "attribution", "reference (subset)", "exact (subset)"}
+    assert by["reference (subset)"]["max_abs_diff_vs_exact"] <= 1e-5
+    assert -1 <= by["attribution"]["spearman_cells_vs_exact"] <= 1 and 0 <= by["attribution"]["recall_top10_cells"] <= 1
+    assert data["model"]["cells_per_pair"] == 2 * 2 * 3 * len(data["model"]["groups"])

@@ -221,9 +221,15 @@ def test_model_as_path_to_a_broken_entry_is_a_model_error(tmp_path):
 # --- stages that are not available, and stage order -----------------------------------------
 
 
-def test_trace_section_is_not_available_yet():
-    err = only_error(BASE + "trace: {layers: [1, 2]}\n")
-    assert err.startswith("trace: ") and "not available yet" in err and err.endswith("(line 4)")
+def test_trace_section_defaults_and_errors():
+    spec = validate(BASE + "edit: {recipe: procedural}\ntrace: {window: 3, components: [mlp]}\n")
+    assert spec.trace.window == 3 and spec.trace.components == ["mlp"] and spec.trace.method == "exact"
+    assert spec.trace.directions == ["clean_to_edited", "edited_to_clean"] and spec.trace.margin == 0.1
+    err = only_error(BASE + "edit: {recipe: procedural}\ntrace: {layers: [1, 2]}\n")
+    assert err.startswith("trace.layers: ") and err.endswith("(line 5)")
+    err = only_error(BASE + "edit: {recipe: procedural}\ntrace: {components: [mlp, mlp]}\n")
+    assert err.startswith("trace.components: ") and "twice" in err
+    assert "trace needs an edit section" in only_error(BASE + "trace: {}\n")
 
 
 def test_inpaint_recipe_needs_its_models():

@@ -38,6 +38,7 @@ from vseam_run.scoring import Item, ScoredSet, accuracy
 from vseam_run.search import SearchItem, SearchResult, search_heads
 from vseam_run.search.scoring import ranking_matrices
 from vseam_run.spec import ExtraDataSpec, Spec
+from vseam_run.stages import trace as trace_stage
 from vseam_run.splits import split_by_image
 from vseam_run.store import RunStore
 from vseam_run.vlm import VLM
@@ -230,7 +231,13 @@ class _Stages:
         rows = self.stage("baseline", baseline_fp, lambda: self._baseline(items, untokenizable))
         if spec.edit is not None:
             edit_fp = fingerprint(baseline=baseline_fp, edit=spec.edit, questions=questions_part(loaded.questions))
-            self.stage("edit", edit_fp, lambda: self._edits(loaded.questions, {r["qid"]: r for r in rows}))
+            pairs = self.stage("edit", edit_fp, lambda: self._edits(loaded.questions, {r["qid"]: r for r in rows}),
+                               save=trace_stage.pairs_state, load=trace_stage.pairs_from_state)
+        if spec.trace is not None:
+            # Pairs from this run's edit stage; without one, the toy world's exact procedural edits.
+            trace_fp = fingerprint(baseline=baseline_fp, edit=edit_fp if spec.edit is not None else "procedural",
+                                   trace=spec.trace)
+            self.stage("trace", trace_fp, lambda: self._trace(loaded.questions, pairs if spec.edit is not None else None))
         if spec.search is None:
             return self.metrics
         by_split = {s: [it for it in items if it.split == s] for s in ("search", "val", "test")}
@@ -299,11 +306,18 @@ class _Stages:
             self.log(f"  {len(empty)} answer(s) tokenize to nothing the model knows; skipped: {', '.join(empty[:5])}"
                      + (" …" if len(empty) > 5 else "") + f"; e.g. {self.vlm.explain_answer(self._answer_of[empty[0]])}")
 
-    def _edits(self, questions: list[Question], base_rows: dict[str, dict]) -> None:
+    def _edits(self, questions: list[Question], base_rows: dict[str, dict]) -> list[trace_stage.EditPair]:
         from vseam_run.stages.edit import EditContext, run_edit_stage
 
         ctx = EditContext(self.spec, self.store, self.run_id, self.device, self.cache_dir, self.art_dir, self.log, self.record, self.vlm)
-        self.edits = run_edit_stage(ctx, questions, base_rows)
+        return trace_stage.pairs_of(run_edit_stage(ctx, questions, base_rows).kept)
+
+    def _trace(self, questions: list[Question], pairs: list[trace_stage.EditPair] | None) -> None:
+        if pairs is None:
+            from vseam_run.edit.procedural import make_edits
+
+            pairs = trace_stage.pairs_of(make_edits(questions, self.cache_dir / "edits", progress=False))
+        trace_stage.run_trace(self, self.spec.trace, questions, pairs, name=self.spec.name, batch_size=self.spec.batch_size)
 
     def _search(self, items: list[Item], fp: Fingerprint) -> SearchResult:
         s = self.spec.search

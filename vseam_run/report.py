@@ -362,3 +362,81 @@ def edit_contact_sheet(rows: Sequence[tuple[Any, Any, Any, str]], path: str | Pa
         axes[r][0].set_ylabel(caption, fontsize=7, rotation=0, ha="right", va="center")
     fig.suptitle(title, fontsize=10)
     return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------
+# causal tracing
+# ---------------------------------------------------------------------------
+
+
+def trace_heatmap(
+    panels: Mapping[str, Any],
+    groups: Sequence[str],
+    path: str | Path,
+    *,
+    title: str,
+    cbar_label: str = "normalised recovery",
+    counts: str | None = None,
+) -> Path:
+    """Layer × position-group heatmaps, one panel per component, sharing one colour scale.
+
+    ``panels`` maps a component name to a ``[layers, groups]`` matrix (NaN = no pair had that
+    cell, drawn grey). The scale is diverging and centred at 0, with limits ±max|value| over
+    all panels, so panels of one figure compare directly.
+    """
+    mats = {name: _to_matrix(m) for name, m in panels.items()}
+    if not mats:
+        raise ValueError("trace_heatmap: no panels to draw")
+    for name, m in mats.items():
+        if m.ndim != 2 or m.shape[1] != len(groups):
+            raise ValueError(f"trace_heatmap: panel {name!r} has shape {m.shape}, expected [layers, {len(groups)}]")
+    import matplotlib as mpl
+
+    finite = np.concatenate([m[np.isfinite(m)] for m in mats.values()])
+    bound = float(np.abs(finite).max()) if finite.size else 1.0
+    bound = bound if bound > 0 else 1.0
+    colours = mpl.colormaps["RdBu_r"].with_extremes(bad="#d9d9d9")
+    layers = next(iter(mats.values())).shape[0]
+    fig = _new_figure(2.0 + (1.2 + 0.45 * len(groups)) * len(mats), float(np.clip(2.5 + 0.25 * layers, 3.5, 12.0)))
+    axes = fig.subplots(1, len(mats), squeeze=False)[0]
+    image = None
+    for ax, (name, m) in zip(axes, mats.items()):
+        image = ax.imshow(np.ma.masked_invalid(m), cmap=colours, vmin=-bound, vmax=bound, origin="lower", aspect="auto",
+                          interpolation="nearest")
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(list(groups), rotation=60, ha="right", fontsize=8)
+        ax.set_yticks(tick_positions(layers))
+        ax.set_yticklabels([str(i) for i in tick_positions(layers)])
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("position group")
+    axes[0].set_ylabel("layer (0 = bottom)")
+    fig.suptitle(title + (f"\n{counts}" if counts else ""), fontsize=10)
+    fig.colorbar(image, ax=list(axes), label=cbar_label)
+    return _save(fig, path)
+
+
+def logit_lens_plot(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, *, title: str) -> Path:
+    """Logit lens per layer: the answer's mean probability (left) and median rank (right, log scale).
+
+    ``curves`` maps a label (e.g. "clean image, clean answer") to (mean prob per layer,
+    median rank per layer).
+    """
+    if not curves:
+        raise ValueError("logit_lens_plot: no curves to draw")
+    fig = _new_figure(10.0, 4.0)
+    ax_p, ax_r = fig.subplots(1, 2)
+    styles = ["-", "--", "-.", ":"]
+    for i, (label, (prob, rank)) in enumerate(curves.items()):
+        x = np.arange(len(prob))
+        ax_p.plot(x, prob, styles[i % 4], marker="o", markersize=3, label=label)
+        ax_r.plot(x, rank, styles[i % 4], marker="o", markersize=3, label=label)
+    ax_p.set_xlabel("layer")
+    ax_p.set_ylabel("mean probability at the last position")
+    ax_r.set_xlabel("layer")
+    ax_r.set_ylabel("median rank (1 = top)")
+    ax_r.set_yscale("log")
+    for ax in (ax_p, ax_r):
+        ax.grid(alpha=0.3)
+    ax_p.legend(fontsize=7, loc="best")
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -211,6 +211,44 @@ class SearchSpec(_Strict):
     batch_rows: int = Field(64, ge=1, description="Rows per forward pass in exact search (questions × heads).")
 
 
+class TraceSpec(_Strict):
+    """Causal tracing of clean/edited pairs (needs edit) and the logit lens; see vseam_run/trace.py."""
+
+    method: Literal["exact", "attribution", "reference"] = Field(
+        "exact",
+        description="exact: activation patching, batched and with shared prefixes (checked against reference on a "
+        "few cells at run time). attribution: first-order estimate (gradient × activation difference, one forward "
+        "and backward pass per batch), for large models. reference: one batch-1 pass of the whole model per cell.",
+    )
+    components: list[Literal["resid", "attn", "mlp"]] = Field(
+        default_factory=lambda: ["resid", "attn", "mlp"],
+        description="What is patched at a layer: resid (the layer's output), attn (attention output), mlp (MLP output).",
+    )
+    directions: list[Literal["clean_to_edited", "edited_to_clean"]] = Field(
+        default_factory=lambda: ["clean_to_edited", "edited_to_clean"],
+        description="clean_to_edited: clean activations into the edited-image run, target the clean answer. "
+        "edited_to_clean: edited activations into the clean-image run, target the edited answer.",
+    )
+    window: int = Field(1, ge=1, description="Consecutive layers patched together around each layer (ROME's window; 1 = one layer).")
+    margin: float = Field(
+        0.1, ge=0, le=1,
+        description="A pair counts in a direction only if the target's probability on the source image exceeds that on "
+        "the base image by at least this much; others are counted as excluded.",
+    )
+    pairs: int | None = Field(64, ge=1, description="Trace at most this many pairs (the first that pass the margin); null for all.")
+    batch_rows: int = Field(64, ge=1, description="Rows (pair × cell) per forward pass in exact tracing.")
+    lens: bool = Field(True, description="Also compute the logit lens on clean and edited images.")
+
+    @field_validator("components", "directions")
+    @classmethod
+    def _nonempty_unique(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("must name at least one")
+        if len(set(v)) != len(v):
+            raise ValueError("lists an entry twice")
+        return v
+
+
 class LinearPolicy(_Strict):
     """Scale every head by clip(1 + λ·score, lo, hi) (the paper's policy)."""
 
@@ -316,7 +354,7 @@ class Spec(_Strict):
     workdir: Path = Field(Path(".vseam"), description="Cache (generated data, edits) and run artifacts live here.")
     data: DataSpec
     edit: EditSpec | None = Field(None, description="Counterfactual edits; omit to skip.")
-    trace: dict[str, Any] | None = Field(None, description="Causal tracing (not available yet).")
+    trace: TraceSpec | None = Field(None, description="Causal tracing and logit lens on the edit pairs; needs edit.")
     search: SearchSpec | None = Field(None, description="Head search; omit to skip.")
     modulation: ModulationSpec | None = Field(None, description="Attention modulation; needs search.")
     evaluate: EvaluateSpec | None = Field(None, description="Held-out evaluation; needs search.")
@@ -339,13 +377,6 @@ class Spec(_Strict):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return v
 
-    @field_validator("trace")
-    @classmethod
-    def _trace_unavailable(cls, v: Any) -> Any:
-        if v is not None:
-            raise ValueError("causal tracing is not available yet in this version of vseam; remove the section")
-        return v
-
     @model_validator(mode="after")
     def _stage_order(self) -> "Spec":
         problems = []
@@ -353,6 +384,8 @@ class Spec(_Strict):
             problems.append("modulation needs a search section (it scales the heads the search scores)")
         if self.evaluate is not None and self.search is None:
             problems.append("evaluate needs a search section")
+        if self.trace is not None and self.edit is None:
+            problems.append("trace needs an edit section (it traces clean/edited pairs)")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -1,4 +1,4 @@
-"""`vseam bench search`: time the head-search strategies against the reference."""
+"""`vseam bench search` / `vseam bench trace`: time head search and causal tracing against their references."""
 
 from __future__ import annotations
 
@@ -113,3 +113,52 @@ def _preset(name: str, layers: int | None, questions: int, project: int, device:
     c.print(f"memory: {r.memory_kind}", highlight=False)
     for n in r.notes:
         c.print(f"note: {n}", highlight=False)
+
+
+@app.command("trace")
+def trace(
+    layers: Annotated[int, typer.Option(help="Language-model layers.")] = 8,
+    heads: Annotated[int, typer.Option(help="Attention heads per layer.")] = 8,
+    hidden: Annotated[int, typer.Option(help="Hidden size.")] = 256,
+    pairs: Annotated[int, typer.Option(help="Clean/edited pairs traced by exact and attribution.")] = 8,
+    reference_pairs: Annotated[int, typer.Option(help="Pairs also traced by the batch-1 reference (slow).")] = 2,
+    image_tokens: Annotated[int, typer.Option(help="Image tokens (a square number).")] = 64,
+    text_tokens: Annotated[int, typer.Option(help="Most question tokens.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Pairs per batch.")] = 4,
+    batch_rows: Annotated[int, typer.Option(help="Cell rows per forward pass in exact tracing.")] = 64,
+    json_: JsonOption = False,
+) -> None:
+    """Time exact and attribution causal tracing on one random LLaVA-architecture model; check exact
+    against the batch-1 reference and report attribution's rank agreement with exact.
+
+    Examples:
+
+      vseam bench trace
+
+      vseam bench trace --json --pairs 4 --reference-pairs 1
+    """
+    import os
+
+    os.environ.setdefault("VSEAM_QUIET", "1")
+    from vseam_run.bench import BenchModel, run_trace_bench
+
+    out = run_trace_bench(BenchModel(layers, heads, hidden, image_tokens, text_tokens, pairs), pairs=pairs,
+                          reference_pairs=reference_pairs, batch_size=batch_size, batch_rows=batch_rows)
+    if json_:
+        print_json(out)
+        return
+    m = out["model"]
+    t = Table(title=f"causal tracing, {m['layers']} layers, hidden {m['hidden']}, {m['image_tokens']} image tokens, "
+                    f"{m['cells_per_pair']} cells per pair ({m['threads']} threads, batches of {m['batch_size']} pairs)")
+    for col in ("method", "pairs", "seconds", "exact speedup", "max |diff| ref vs exact", "Spearman cells", "Spearman table",
+                "recall@10 cells"):
+        t.add_column(col, justify="right")
+
+    def f(v, fmt):
+        return "" if v is None else format(v, fmt)
+
+    for r in out["methods"]:
+        t.add_row(r["name"], str(r["pairs"]), f"{r['seconds']:.2f}", f(r.get("exact_speedup"), ".1f"),
+                  f(r.get("max_abs_diff_vs_exact"), ".1e"), f(r.get("spearman_cells_vs_exact"), ".3f"),
+                  f(r.get("spearman_table_vs_exact"), ".3f"), f(r.get("recall_top10_cells"), ".2f"))
+    console().print(t)
