@@ -22,16 +22,18 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from vseam_run import evaluate, modulate, registry, report
+from vseam_run import evaluate, fmt, modulate, registry, report
 from vseam_run.data import LoadResult, load_questions
 from vseam_run.data.base import Question
 from vseam_run.data.toyworld import ToyWorldParams
 from vseam_run.device import resolve_device, resolve_dtype
 from vseam_run.errors import VseamError
 from vseam_run.heads import ablate_heads_edits, scale_edits
+from vseam_run.progress import silence_libraries
 from vseam_run.scoring import Item, ScoredSet, accuracy
 from vseam_run.search import SearchItem, SearchResult, search_heads
 from vseam_run.search.scoring import ranking_matrices
+from vseam_run.search.uncertainty import encode_effects, head_uncertainty
 from vseam_run.spec import ExtraDataSpec, Spec, data_file_problems
 from vseam_run.splits import split_by_image
 from vseam_run.store import RunStore
@@ -96,8 +98,10 @@ def preflight(spec: Spec) -> tuple[registry.ModelEntry, torch.device]:
     return entry, device
 
 
-def run(spec: Spec, store: RunStore, *, resume: str | None = None, log: Log = _print) -> RunOutcome:
-    """Run every stage of `spec`; with `resume`, continue that run id instead of starting one."""
+def run(spec: Spec, store: RunStore, *, resume: str | None = None, log: Log = _print,
+        on_created: Callable[[str], None] | None = None) -> RunOutcome:
+    """Run every stage of `spec`; with `resume`, continue that run id instead of starting one.
+    `on_created(run_id)` is called once the run is recorded (a sweep tags it there)."""
     entry, device = preflight(spec)
     if resume:
         run_id = resume
@@ -110,6 +114,8 @@ def run(spec: Spec, store: RunStore, *, resume: str | None = None, log: Log = _p
             device=str(device), seed=spec.seed,
         )
         log(f"run {run_id} ({spec.name}) on {device}")
+    if on_created is not None:
+        on_created(run_id)
     try:
         metrics = _Stages(spec, store, run_id, entry, device, log).run_all()
     except KeyboardInterrupt:
@@ -141,6 +147,13 @@ class _Stages:
 
     def artifact(self, kind: str, path: Path) -> None:
         self.store.add_artifact(self.run_id, kind, path)
+        for extra in report.companions(path):  # SVG/PDF copies asked for in VSEAM_FIGURE_FORMATS
+            self.store.add_artifact(self.run_id, f"{kind}{extra.suffix}", extra)
+
+    @property
+    def label(self) -> str:
+        """Spec name, run id and seed: what tells two figures of a sweep apart."""
+        return f"{self.spec.name} · {self.run_id} · seed {self.spec.seed}"
 
     @contextlib.contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -164,6 +177,7 @@ class _Stages:
                 self.log(f"  skipped {len(loaded.skipped)} question(s) (see `vseam show {self.run_id} --json`, key 'skipped')")
         with self.timed("load_model"):
             dtype = resolve_dtype(spec.dtype, self.entry.dtype, self.device)
+            silence_libraries()  # VSEAM_QUIET=1 also hides transformers' weight-loading bar
             self.vlm = VLM.load(self.entry, self.device, dtype)
         split_of = {q.qid: s for s, qs in splits.items() for q in qs}
         items = self._items(loaded.questions, split_of, "data")
@@ -172,7 +186,7 @@ class _Stages:
             rows = ScoredSet.score_once(self.vlm, items, spec.batch_size, "baseline")
             self.store.log_question_results(self.run_id, "baseline", rows)
             self.record(evaluate.summarize(rows).as_metrics("baseline"))
-            self.log(f"  baseline accuracy {self.metrics['baseline.accuracy']:.3f} on {len(rows)} questions")
+            self.log(f"  baseline accuracy {fmt.num(self.metrics['baseline.accuracy'])} on {len(rows)} questions")
         if spec.edit is not None:
             with self.timed("edit"):
                 self._edits(loaded.questions, {r["qid"]: r for r in rows})
@@ -223,7 +237,7 @@ class _Stages:
         by_qid = {q.qid: q for q in questions}
         sample = [(by_qid[e.qid].image_path, e.image_path, e.mask_path, f"{by_qid[e.qid].question}\n{e.edit_text}: "
                    f"{e.original_answer} → {e.edited_answer}") for e in edits[:: max(1, len(edits) // 8)][:8]]
-        self.artifact("edits.contact_sheet", report.edit_contact_sheet(sample, self.art_dir / "edits.png", title=f"counterfactual edits — {self.spec.name}"))
+        self.artifact("edits.contact_sheet", report.edit_contact_sheet(sample, self.art_dir / "edits.png", title=f"counterfactual edits — {self.label}"))
         # Baseline on the counterfactual images: does the model follow the concept change?
         from PIL import Image
 
@@ -239,7 +253,7 @@ class _Stages:
         flipped = [r["pred"] != base_rows[r["qid"]]["pred"] for r in rows if r["qid"] in base_rows]
         self.record({"edit.count": len(edits), "edit.accuracy": accuracy(rows),
                      "edit.prediction_flip_rate": float(np.mean(flipped)) if flipped else 0.0})
-        self.log(f"  {len(edits)} edits; accuracy on edited images {self.metrics['edit.accuracy']:.3f}")
+        self.log(f"  {len(edits)} edits; accuracy on edited images {fmt.num(self.metrics['edit.accuracy'])}")
 
     def _search(self, items: list[Item]) -> SearchResult:
         s = self.spec.search
@@ -254,6 +268,11 @@ class _Stages:
         )
         heads = result.to_json()
         self.store.put_document(self.run_id, "heads", heads)
+        self.store.put_document(self.run_id, "search.effects", encode_effects(result.qids, result.effects, result.correct,
+                                                                              result.base_prob, result.verified))
+        unc = head_uncertainty(result.effects, result.correct, s.scoring, s.top_k, n_boot=s.bootstrap,
+                               seed=self.spec.seed, allowed=result.verified)
+        self.store.put_document(self.run_id, "heads.uncertainty", unc.to_json())
         self.record({"search.seconds": result.seconds, "search.questions": len(items),
                      "search.correct": result.matrices.n_correct, "search.wrong": result.matrices.n_wrong})
         m = result.matrices
@@ -264,10 +283,12 @@ class _Stages:
             ("negative", m.negative, "mean ReLU(ablated − base), wrong questions", False),
             ("signed", m.signed, "mean (base − ablated) gold prob", True),
         ):
-            path = report.head_heatmap(matrix, self.art_dir / f"heads_{kind}.png", title=f"{kind} heads — {self.spec.name}",
-                                       cbar_label=label, counts=counts, center=center)
+            top = {"positive": m.top_positive, "negative": m.top_negative}.get(kind)
+            path = report.head_heatmap(matrix, self.art_dir / f"heads_{kind}.png", title=f"{kind} heads — {self.label}",
+                                       cbar_label=label, counts=counts, center=center, top=top, significant=unc.excludes_zero(kind))
             self.artifact(f"heatmap.{kind}", path)
-        self.log(f"  search {s.strategy}: {result.seconds:.1f}s; top positive {m.top_positive[:3]}, top negative {m.top_negative[:3]}")
+        self.log(f"  search {s.strategy}: {result.seconds:.1f}s; top positive {fmt.heads(m.top_positive)}; "
+                 f"top negative {fmt.heads(m.top_negative)}")
         return result
 
     # ---- modulation, evaluation, ablation --------------------------------------------------
@@ -297,8 +318,9 @@ class _Stages:
                 choice = modulate.select_lambda(pol.grid, lambda l: accuracy(val.run(scale_edits(self._scales(result, l)))))
                 lam = choice.best
                 self.store.put_document(self.run_id, "lambda_selection", [{"lam": p.lam, "val_accuracy": p.val_accuracy} for p in choice.table])
-                self.artifact("lambda_curve", report.lambda_curve(choice, self.art_dir / "lambda_curve.png"))
-                self.log("  λ on val: " + ", ".join(f"{p.lam:g}→{p.val_accuracy:.3f}" for p in choice.table) + f"; chose {lam:g}")
+                self.artifact("lambda_curve", report.lambda_curve(choice, self.art_dir / "lambda_curve.png", n=len(by_split["val"]),
+                                                                  title=f"validation accuracy vs λ — {self.label}"))
+                self.log("  λ on val: " + ", ".join(f"{p.lam:g}→{fmt.num(p.val_accuracy)}" for p in choice.table) + f"; chose {lam:g}")
             else:
                 lam = float(pol.lam)
             self.record({"modulation.lambda": lam})
@@ -363,11 +385,11 @@ class _Stages:
         self.store.put_document(self.run_id, "ablation", {"positive_heads": pos, "negative_heads": neg, "results": results})
         for metric in ("accuracy_drop", "gold_prob_drop"):
             path = report.ablation_bar_chart({k: v[metric] for k, v in results.items()}, self.art_dir / f"ablation_{metric}.png",
-                                             metric=metric, title=f"zero-ablating {ab.k} heads — {self.spec.name}")
+                                             metric=metric, title=f"zero-ablating {ab.k} heads — {self.label}")
             self.artifact(f"ablation.{metric}", path)
-        def fmt(name: str) -> str:
+        def shown(name: str) -> str:
             v = metrics.get(f"ablation.{name}.accuracy_drop")
-            return "n/a (no such heads)" if v is None else f"{v:+.3f}"
+            return "n/a (no such heads)" if v is None else ("+" if v > fmt.NOISE else "") + fmt.num(v)
 
-        self.log(f"  ablation (k={ab.k}), accuracy drop: positive {fmt('positive')}, negative {fmt('negative')}, "
-                 f"random {metrics['ablation.random.accuracy_drop']:+.3f} ± {metrics['ablation.random.accuracy_drop_std']:.3f}")
+        self.log(f"  ablation (k={ab.k}), accuracy drop: positive {shown('positive')}, negative {shown('negative')}, "
+                 f"random {fmt.num(metrics['ablation.random.accuracy_drop'])} ± {fmt.num(metrics['ablation.random.accuracy_drop_std'])}")

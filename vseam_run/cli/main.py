@@ -23,6 +23,7 @@ app = typer.Typer(
 def _register() -> None:
     # Imported here so `vseam --help` stays fast and a broken optional module names itself.
     from vseam_run.cli import bench, compare, models, run, runs, show, validate, zoo
+    from vseam_run.cli import findings, labels, sweep
 
     app.command("run")(run.run)
     app.command("validate")(validate.validate)
@@ -32,6 +33,14 @@ def _register() -> None:
     app.command("compare")(compare.compare)
     app.add_typer(bench.app, name="bench")
     app.add_typer(zoo.app, name="zoo")
+    # Findings across runs (issue 13): sweeps, labels, sharing, reports, exports.
+    app.command("sweep")(sweep.sweep)
+    app.command("tag")(labels.tag)
+    app.command("note")(labels.note)
+    app.command("rm")(labels.rm)
+    app.command("share")(findings.share)
+    app.command("report")(findings.report)
+    app.command("export")(findings.export)
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ def run(
 
       vseam run --resume latest
     """
-    from vseam_run import pipeline
+    from vseam_run import fmt, pipeline
     from vseam_run.spec import load_spec, validate_doc
     from vseam_run.store import RunStore
     from vseam_run.yamlio import parse_yaml
@@ -55,5 +55,9 @@ def run(
                         "eval.test.accuracy.baseline", "eval.test.accuracy.modulated", "eval.test.mcnemar_p",
                         "ablation.positive.accuracy_drop", "ablation.random.accuracy_drop") if k in out.metrics]
     for k in keys:
-        c.print(f"  {k:34s} {out.metrics[k]:.4g}", highlight=False)
+        c.print(f"  {k:34s} {fmt.num(out.metrics[k])}", highlight=False)
+    heads = store.get_document(out.run_id, "heads")
+    if heads and heads.get("top"):
+        c.print(f"  {'top positive heads':34s} {fmt.heads(heads['top']['positive'], 5)}", highlight=False)
+        c.print(f"  {'top negative heads':34s} {fmt.heads(heads['top']['negative'], 5)}", highlight=False)
     c.print(f"details: vseam show {out.run_id}" + ("" if db == DEFAULT_DB else f" --db {db}"), highlight=False)
