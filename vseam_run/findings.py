@@ -61,7 +61,7 @@ class HeadRun:
 def load_head_run(store: RunStore, run: RunRecord) -> HeadRun | None:
     """The run's head search, or None when it has none."""
     heads = store.get_document(run.id, "heads")
-    if not heads or "positive" not in heads:
+    if not isinstance(heads, dict) or not all(k in heads for k in ("positive", "negative", "signed")):
         return None
     eff_doc = store.get_document(run.id, "search.effects")
     unc_doc = store.get_document(run.id, "heads.uncertainty")

@@ -74,16 +74,16 @@ def _print_share(s) -> None:
         groups.setdefault(g, []).append(h.run.id)
     out.print(f"{len(s.runs)} runs by {s.by}: " + "; ".join(f"{g} ({len(ids)})" for g, ids in groups.items())
               + f"; top-{s.k} sets, {s.metric} overlap, {s.n_boot} question resamples per run", highlight=False)
-    t = Table(title="mean pairwise overlap", title_justify="left", header_style="bold")
-    for col in ("heads", "pairs", "observed", "95% interval", "random sets", "pairs ", "observed ", "95% interval ",
-                "random sets ", "within − across", "95% interval  "):
-        t.add_column(col.strip(), justify="right")
+    t = Table(title=f"mean pairwise {s.metric} overlap, within vs across {s.by} (W = within, A = across)",
+              title_justify="left", header_style="bold")
+    for col in ("heads", "W pairs", "W mean", "W 95% CI", "W random", "A pairs", "A mean", "A 95% CI",
+                "A random", "W − A", "W − A 95% CI"):
+        t.add_column(col, justify="right")
     for kind in ("positive", "negative"):
         w, a, d = s.summary[kind]["within"], s.summary[kind]["across"], s.difference[kind]
         t.add_row(kind, str(w.pairs), fmt.num(w.observed, 2), _interval(w.low, w.high), fmt.num(w.random, 2),
                   str(a.pairs), fmt.num(a.observed, 2), _interval(a.low, a.high), fmt.num(a.random, 2),
                   fmt.num(d["observed"], 2), _interval(*d["interval"]))
-    t.columns[1].header, t.columns[5].header = f"within {s.by}\npairs", f"across {s.by}\npairs"
     out.print(t)
     for kind in ("positive", "negative"):
         labels = [f"{g}·s{h.run.seed}" for h, g in zip(s.runs, s.groups)]

@@ -92,22 +92,32 @@ def metric_header(metric: str) -> str:
     return ".".join(parts[:split]) + "\n" + ".".join(tail)
 
 
-def _fitting_headlines(names: list[str], records: list[RunRecord], width: int) -> list[str]:
-    """The most important headline metrics that fit beside the fixed columns, in name order.
-
-    Rich would rather squeeze every column to an ellipsis than drop one; dropping the
-    least important metrics keeps ids and statuses readable in a narrow terminal.
-    """
-    fixed = (
+def _base_width(records: list[RunRecord]) -> int:
+    """Room the id, name, status, model, created and duration columns need."""
+    return (
         max(len(r.id) for r in records)
         + min(24, max(len(r.name) for r in records))
         + max(len(r.status) for r in records)
         + min(24, max(len(r.model_name or "—") for r in records))
         + len("2026-01-01 00:00")
         + len("duration")
-        + len("attribute") + len("attribution+verify") + len("seed")
-        + 9 * _COLUMN_GAP
+        + 6 * _COLUMN_GAP
     )
+
+
+def _facets_width(records: list[RunRecord]) -> int:
+    """Room the level / strategy / seed columns need."""
+    cols = [[str(v) for v in run_facets(r).values()] for r in records]
+    return sum(max(len(h), *(len(c[i]) for c in cols)) + _COLUMN_GAP for i, h in enumerate(("level", "strategy", "seed")))
+
+
+def _fitting_headlines(names: list[str], records: list[RunRecord], width: int, show_facets: bool = False) -> list[str]:
+    """The most important headline metrics that fit beside the fixed columns, in name order.
+
+    Rich would rather squeeze every column to an ellipsis than drop one; dropping the
+    least important metrics keeps ids and statuses readable in a narrow terminal.
+    """
+    fixed = _base_width(records) + (_facets_width(records) if show_facets else 0)
     chosen: list[str] = []
     for name in names:
         needed = max(len(line) for line in metric_header(name).splitlines()) + _COLUMN_GAP
@@ -160,7 +170,9 @@ def runs(
     if not records:
         out.print(f"no runs in {db} match these filters" if filtered else f"no runs in {db} yet — [bold]vseam run SPEC[/] records one")
         return
-    headlines = _fitting_headlines(headline_metrics(records), records, out.width)
+    # Level, strategy and seed tell a sweep's runs apart; they give way before ids and names do.
+    show_facets = _base_width(records) + _facets_width(records) <= out.width
+    headlines = _fitting_headlines(headline_metrics(records), records, out.width, show_facets)
     table = Table(
         title=f"runs in {db}",
         title_justify="left",
@@ -173,9 +185,10 @@ def runs(
     table.add_column("name", overflow="fold", min_width=8)
     table.add_column("status", no_wrap=True)
     table.add_column("model", overflow="fold", min_width=8)
-    table.add_column("level", no_wrap=True)
-    table.add_column("strategy", no_wrap=True)
-    table.add_column("seed", justify="right", no_wrap=True)
+    if show_facets:
+        table.add_column("level", no_wrap=True)
+        table.add_column("strategy", no_wrap=True)
+        table.add_column("seed", justify="right", no_wrap=True)
     table.add_column("created (UTC)", no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
     for name in headlines:
@@ -186,7 +199,7 @@ def runs(
             r.name,
             status_text(r.status),
             r.model_name or "—",
-            *(str(v) if v is not None else "—" for v in run_facets(r).values()),
+            *((str(v) if v is not None else "—" for v in run_facets(r).values()) if show_facets else ()),
             format_time(r.created_at, seconds=False),
             run_duration(r),
             *(format_value(r.metric(name)) for name in headlines),
