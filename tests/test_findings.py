@@ -47,12 +47,15 @@ def test_weighted_matrices_equal_head_matrices_of_the_resampled_questions() -> N
     correct = rng.random(9) < 0.6
     idx = rng.integers(0, 9, size=(5, 9))
     weights = np.stack([np.bincount(i, minlength=9) for i in idx]).astype(float)
-    pos, neg, signed = _weighted_matrices(effects, correct, weights)
+    pos, neg, signed, pos_net, neg_net = _weighted_matrices(effects, correct, weights)
     for b, i in enumerate(idx):
         p, n, s = head_matrices(effects[i], correct[i])
         np.testing.assert_allclose(pos[b], p, atol=1e-12)
         np.testing.assert_allclose(neg[b], n, atol=1e-12)
         np.testing.assert_allclose(signed[b], s, atol=1e-12)
+        e, c = effects[i], correct[i]
+        np.testing.assert_allclose(pos_net[b], e[c].mean(0) if c.any() else 0, atol=1e-12)
+        np.testing.assert_allclose(neg_net[b], -e[~c].mean(0) if (~c).any() else 0, atol=1e-12)
 
 
 def test_top_mask_is_the_search_top_list_rule() -> None:
@@ -79,6 +82,8 @@ def test_head_uncertainty_intervals_and_stability() -> None:
     for kind, point in (("positive", pos), ("negative", neg), ("signed", signed)):
         assert (u.low[kind] <= point + 1e-12).all() and (point <= u.high[kind] + 1e-12).all()
     assert u.excludes_zero("positive")[1, 2] and u.excludes_zero("negative")[3, 0]
+    # Noise heads: their ReLU means are > 0 in every resample, but their mean effect is not.
+    assert u.low["positive"][0, 0] > 0 and u.excludes_zero("positive").sum() <= 3
     assert u.stability["positive"][1, 2] == 1.0 and u.stability["negative"][3, 0] == 1.0
     # The positive list has k = 3 entries per resample, spread over noise heads otherwise.
     assert u.stability["positive"].sum() == pytest.approx(3.0)

@@ -140,15 +140,24 @@ def head_heatmap(
     m = _check_matrix(matrix)
     layers, heads = m.shape
     vmin, vmax = limits if limits is not None else colour_limits([m], center)
-    fig = _new_figure(float(np.clip(3.0 + 0.3 * heads, 5.0, 16.0)), float(np.clip(2.0 + 0.25 * layers, 3.5, 12.0)))
+    width = float(np.clip(3.0 + 0.3 * heads, 5.0, 16.0))
+    fig = _new_figure(width, float(np.clip(2.0 + 0.25 * layers, 3.5, 12.0)))
     ax = fig.add_subplot()
     image = _draw_heads(ax, m, vmin, vmax, cmap or ("RdBu_r" if center else "viridis"), top, significant)
-    fig.suptitle(title)
+    fig.suptitle(_wrap(title, width, 10), fontsize=10)
     subtitle = "; ".join(x for x in (counts, _marks_legend(top, significant)) if x)
     if subtitle:
-        ax.set_title(subtitle, fontsize=8, color="#444444")
+        ax.set_title(_wrap(subtitle, width, 8), fontsize=8, color="#444444")
     fig.colorbar(image, ax=ax, label=cbar_label)
     return _save(fig, path)
+
+
+def _wrap(text: str, width_in: float, fontsize: float) -> str:
+    """Break a title into lines that fit a figure `width_in` inches wide (≈ 0.55 em per character)."""
+    import textwrap
+
+    chars = max(20, int(width_in * 72 / (0.55 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
 
 
 def _check_matrix(matrix: Any) -> np.ndarray:
@@ -179,7 +188,7 @@ def _marks_legend(top: Any, significant: Any) -> str:
     if top is not None:
         parts.append("□ top-k")
     if significant is not None:
-        parts.append("• 95% interval excludes 0")
+        parts.append("• mean effect > 0 (95% bootstrap)")
     return "  ".join(parts)
 
 

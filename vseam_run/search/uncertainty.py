@@ -33,6 +33,8 @@ class ResampledRankings:
     signed: np.ndarray
     pos_rank: np.ndarray
     neg_rank: np.ndarray
+    positive_net: np.ndarray  # mean (base − ablated) over correct questions, without the ReLU
+    negative_net: np.ndarray  # mean (ablated − base) over wrong questions, without the ReLU
 
 
 def _weighted_matrices(effects: np.ndarray, correct: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -46,9 +48,11 @@ def _weighted_matrices(effects: np.ndarray, correct: np.ndarray, weights: np.nda
         # 0, as head_matrices gives for an empty subset.
         positive = np.where(n_right > 0, w_right @ np.maximum(flat, 0) / n_right, 0.0)
         negative = np.where(n_wrong > 0, w_wrong @ np.maximum(-flat, 0) / n_wrong, 0.0)
+        positive_net = np.where(n_right > 0, w_right @ flat / n_right, 0.0)
+        negative_net = np.where(n_wrong > 0, w_wrong @ -flat / n_wrong, 0.0)
     signed = weights @ flat / weights.sum(1, keepdims=True)
     shape = (len(weights), layers, heads)
-    return positive.reshape(shape), negative.reshape(shape), signed.reshape(shape)
+    return tuple(m.reshape(shape) for m in (positive, negative, signed, positive_net, negative_net))
 
 
 def resample(effects: np.ndarray, correct: np.ndarray, scoring: str, n_boot: int, seed: int) -> Iterator[ResampledRankings]:
@@ -61,11 +65,11 @@ def resample(effects: np.ndarray, correct: np.ndarray, scoring: str, n_boot: int
     while done < n_boot:
         b = min(_CHUNK, n_boot - done)
         weights = rng.multinomial(q, np.full(q, 1.0 / q), size=b).astype(np.float64)
-        pos, neg, signed = _weighted_matrices(effects, correct, weights)
+        pos, neg, signed, pos_net, neg_net = _weighted_matrices(effects, correct, weights)
         if scoring == "subset":
-            yield ResampledRankings(pos, neg, signed, pos, neg)
+            yield ResampledRankings(pos, neg, signed, pos, neg, pos_net, neg_net)
         else:
-            yield ResampledRankings(pos, neg, signed, signed, -signed)
+            yield ResampledRankings(pos, neg, signed, signed, -signed, pos_net, neg_net)
         done += b
 
 
@@ -96,7 +100,15 @@ class HeadUncertainty:
     stability: dict[str, np.ndarray]  # "positive"/"negative" → [L, H] share of resamples in the top-k
 
     def excludes_zero(self, kind: str) -> np.ndarray:
-        """[L, H] bool: the interval lies entirely on one side of 0."""
+        """[L, H] bool: the head's mean effect is away from 0 at the interval's level.
+
+        positive / negative scores are means of ReLU(...), never below 0, so their own
+        interval excludes 0 as soon as a few questions move at all; what is tested for them
+        is the mean effect on the same questions without the ReLU (``positive_net``: base −
+        ablated over correct questions; ``negative_net``: ablated − base over wrong ones)
+        being above 0. signed: the interval lies on one side of 0."""
+        if kind in ("positive", "negative") and f"{kind}_net" in self.low:
+            return self.low[f"{kind}_net"] > 0
         return (self.low[kind] > 0) | (self.high[kind] < 0)
 
     def to_json(self) -> dict[str, Any]:
@@ -132,12 +144,11 @@ def head_uncertainty(
     signed scores, and per head the share of resamples in which it is in the top-k list."""
     if n_boot < 1:
         raise ValueError("n_boot must be at least 1")
-    draws: dict[str, list[np.ndarray]] = {"positive": [], "negative": [], "signed": []}
+    draws: dict[str, list[np.ndarray]] = {k: [] for k in ("positive", "negative", "signed", "positive_net", "negative_net")}
     in_top = {"positive": 0.0, "negative": 0.0}
     for chunk in resample(effects, correct, scoring, n_boot, seed):
-        draws["positive"].append(chunk.positive)
-        draws["negative"].append(chunk.negative)
-        draws["signed"].append(chunk.signed)
+        for kind, parts in draws.items():
+            parts.append(getattr(chunk, kind))
         in_top["positive"] = in_top["positive"] + top_mask(chunk.pos_rank, top_k, allowed).sum(0)
         in_top["negative"] = in_top["negative"] + top_mask(chunk.neg_rank, top_k, allowed).sum(0)
     alpha = (1 - level) / 2
