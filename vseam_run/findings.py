@@ -198,7 +198,7 @@ def _pair_heads(a: HeadRun, b: HeadRun, k: int) -> dict[str, Any]:
                 "reason": f"head grids differ: {a.shape[0]}×{a.shape[1]} vs {b.shape[0]}×{b.shape[1]}"}
     out: dict[str, Any] = {"a": a.run.id, "b": b.run.id, "comparable": True, "k": k}
     (pa, na), (pb, nb) = a.top_masks(k), b.top_masks(k)
-    ra, rb = a.rankings(), b.rankings()
+    ra = a.rankings()
     n = a.positive.size
     for kind, ma, mb, sa in (("positive", pa, pb, ra[0]), ("negative", na, nb, ra[1])):
         sa_set, sb_set = _as_set(ma), _as_set(mb)
@@ -298,7 +298,7 @@ def comparison_figure(c: Comparison, path: Any) -> Any:
     tops = [[head_list(h.top_masks(k)[0], h.rankings()[0]) for h in hrs],
             [head_list(h.top_masks(k)[1], h.rankings()[1]) for h in hrs], [[] for _ in hrs]]
     titles = [f"{h.run.name}\n{h.run.id} · seed {h.run.seed}" for h in hrs]
-    return report.heatmap_grid(rows, titles, path, title=f"head scores, one colour scale per row (top-{k} boxed)", tops=tops)
+    return report.heatmap_grid(rows, titles, path, title=f"head scores, one colour scale per row, top-{k}", tops=tops)
 
 
 # ---------------------------------------------------------------------- share

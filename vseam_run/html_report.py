@@ -158,7 +158,7 @@ def build_report(store: RunStore, run_id: str) -> str:
     sections = {
         "summary": ("Summary", "".join(summary)),
         "spec": ("Spec", f"<pre>{_e(yaml.safe_dump(run.spec(), sort_keys=False, allow_unicode=True))}</pre>"),
-        "environment": ("Environment", _table(["", ""], env_rows)),
+        "environment": ("Environment", _table(["field", "value"], env_rows)),
         "metrics": ("Metrics", _table(["metric", "value"], metric_rows, {1}) if metric_rows else "<p class='muted'>none</p>"),
         "top-heads": ("Top heads", _top_heads(docs.get("heads"), docs.get("heads.uncertainty"))),
         "figures": ("Figures", "".join(_figure(Path(a.path), a.kind) for a in figures) or "<p class='muted'>no figures</p>"),
