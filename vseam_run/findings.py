@@ -461,6 +461,8 @@ def share(
             d = means["within"] - means["across"]
             diff["interval"] = [float(v) for v in np.quantile(d, [alpha, 1 - alpha])]
         difference[kind] = diff
+    notes.append("intervals are percentiles of the overlap between independently resampled runs; resampling adds "
+                 "noise to every top set, so they lean below the observed overlap")
     if not within_pairs:
         notes.append(f"no two runs share a {by}: no within-group pairs")
     if not across_pairs:
