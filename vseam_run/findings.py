@@ -368,6 +368,21 @@ class Share:
         })
 
 
+def _basic_interval(observed: float, draws: np.ndarray, alpha: float, metric: str) -> tuple[float, float]:
+    """Basic bootstrap interval [2θ − q(1−α/2), 2θ − q(α/2)]. The plain percentile interval of an
+    overlap is biased low (resampled top sets are noisier than the observed ones, so they overlap
+    less); the basic interval corrects for that shift. Overlaps are clipped to their range."""
+    q_lo, q_hi = (float(v) for v in np.quantile(draws, [alpha, 1 - alpha]))
+    lo, hi = 2 * observed - q_hi, 2 * observed - q_lo
+    if metric == "jaccard":
+        lo, hi = max(0.0, lo), min(1.0, hi)
+    elif metric == "count":
+        lo = max(0.0, lo)
+    elif metric == "difference":
+        lo, hi = max(-1.0, lo), min(1.0, hi)
+    return lo, hi
+
+
 def _pair_matrix(sets: list[set], metric: str) -> np.ndarray:
     r = len(sets)
     out = np.full((r, r), np.nan)
@@ -442,7 +457,7 @@ def share(
             if bs[i] is None or bs[j] is None:
                 continue
             reps[(i, j)] = np.array([overlap(x, y, metric) for x, y in zip(bs[i], bs[j])])
-            low[kind][i, j], high[kind][i, j] = np.quantile(reps[(i, j)], [alpha, 1 - alpha])
+            low[kind][i, j], high[kind][i, j] = _basic_interval(observed[kind][i, j], reps[(i, j)], alpha, metric)
             low[kind][j, i], high[kind][j, i] = low[kind][i, j], high[kind][i, j]
         summary[kind] = {}
         means: dict[str, np.ndarray | None] = {}
@@ -451,7 +466,7 @@ def share(
             rnd = _mean_over(random[kind], pairs)
             if pairs and all_boot:
                 means[name] = np.mean([reps[p] for p in pairs], axis=0)
-                lo, hi = (float(v) for v in np.quantile(means[name], [alpha, 1 - alpha]))
+                lo, hi = _basic_interval(obs, means[name], alpha, metric)
             else:
                 means[name], lo, hi = None, None, None
             summary[kind][name] = GroupSummary(len(pairs), obs, lo, hi, rnd)
@@ -459,10 +474,10 @@ def share(
         diff: dict[str, Any] = {"observed": None if w is None or a is None else w - a, "interval": [None, None]}
         if means.get("within") is not None and means.get("across") is not None:
             d = means["within"] - means["across"]
-            diff["interval"] = [float(v) for v in np.quantile(d, [alpha, 1 - alpha])]
+            diff["interval"] = list(_basic_interval(diff["observed"], d, alpha, "difference"))
         difference[kind] = diff
-    notes.append("intervals are percentiles of the overlap between independently resampled runs; resampling adds "
-                 "noise to every top set, so they lean below the observed overlap")
+    notes.append("intervals: basic (reverse-percentile) bootstrap; resampling a run's questions adds noise to its top "
+                 "set, which lowers resampled overlaps, and this interval reflects that shift back around the observed value")
     if not within_pairs:
         notes.append(f"no two runs share a {by}: no within-group pairs")
     if not across_pairs:

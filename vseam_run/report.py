@@ -560,10 +560,10 @@ def overlap_figure(
             rnd = g.random if not isinstance(g, Mapping) else g["random"]
             colour = _GROUP_COLOURS["positive" if kind == "positive" else "negative"]
             if obs is not None:
-                if lo is not None and hi is not None:
-                    ax.errorbar([x], [obs], yerr=[[obs - lo], [hi - obs]], fmt="o", color=colour, capsize=5)
-                else:
-                    ax.plot([x], [obs], "o", color=colour)
+                if lo is not None and hi is not None:  # drawn as given: an interval need not be centred on the point
+                    ax.plot([x, x], [lo, hi], color=colour, linewidth=1.5)
+                    ax.plot([x - 0.12, x + 0.12, None, x - 0.12, x + 0.12], [lo, lo, None, hi, hi], color=colour, linewidth=1.5)
+                ax.plot([x], [obs], "o", color=colour)
             if rnd is not None:
                 ax.plot([x - 0.3, x + 0.3], [rnd, rnd], color="#666666", linestyle="--", linewidth=1)
     ax.set_xticks(xs)
