@@ -235,9 +235,9 @@ def test_compare_two_runs_differing_by_seed(capsys, here, tiny_llava_entry):
     rc, out, err = call(capsys, "compare", older, newer, "--db", db, "--json")
     assert rc == 0, err
     cmp = json.loads(out)
-    diff = {d["field"]: (d["a"], d["b"]) for d in cmp["spec_diff"]}
+    diff = {d["field"]: tuple(d["values"]) for d in cmp["spec_diff"]}
     assert diff == {"seed": (0, 1)}
-    assert {"field": "seed", "a": 0, "b": 1} in cmp["env_diff"]
+    assert {"field": "seed", "values": [0, 1]} in cmp["env_diff"]
     assert any(m["name"] == "baseline.accuracy" for m in cmp["metrics"])
     rc, out, _ = call(capsys, "compare", older, newer, "--db", db)
     assert rc == 0 and "seed" in out

@@ -109,15 +109,16 @@ def test_show_latest_json(registry: tuple[str, str, str], capsys: pytest.Capture
 def test_compare_json(registry: tuple[str, str, str], capsys: pytest.CaptureFixture[str]) -> None:
     db, a, b = registry
     result = _json(capsys, ["compare", a, b, "--db", db, "--json"])
-    assert (result["a"], result["b"]) == (a, b)
+    assert [r["run_id"] for r in result["runs"]] == [a, b]
     assert result["spec_diff"] == [
-        {"field": "modulation.lambda", "a": 1.0, "b": 2.0},
-        {"field": "search.ablation", "a": "mean", "b": "zero"},
+        {"field": "modulation.lambda", "values": [1.0, 2.0]},
+        {"field": "search.ablation", "values": ["mean", "zero"]},
     ]
     metrics = {m["name"]: m for m in result["metrics"]}
-    assert metrics["eval.test.accuracy.modulated"]["delta"] == pytest.approx(0.15)
-    assert metrics["baseline.accuracy"]["delta"] == 0.0
-    assert metrics["only_a"] == {"name": "only_a", "a": 1.0, "b": None, "delta": None}
+    assert metrics["eval.test.accuracy.modulated"]["deltas"][1] == pytest.approx(0.15)
+    assert metrics["baseline.accuracy"]["deltas"] == [None, 0.0]
+    assert metrics["only_a"] == {"name": "only_a", "values": [1.0, None], "deltas": [None, None]}
+    assert result["heads"] == [] and result["paired"] == []  # incomplete heads documents: no head comparison
 
 
 def test_tables_render(registry: tuple[str, str, str], capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,6 +13,7 @@ from rich.console import Console
 from vseam_run.evaluate import compare_arms
 from vseam_run.modulate import LambdaChoice, LambdaPoint
 from vseam_run.report import (
+    DPI,
     ablation_bar_chart,
     comparison_rows,
     comparison_table,
@@ -50,7 +51,7 @@ def test_heatmap_writes_png_of_expected_size(tmp_path: Path) -> None:
     )
     assert out == tmp_path / "figs" / "positive.png"
     width, height = _png_size(out)
-    assert (width, height) == (540, 350)  # 5.4 x 3.5 inches at 100 dpi
+    assert (width, height) == (round(5.4 * DPI), round(3.5 * DPI))  # 5.4 x 3.5 inches
 
 
 def test_heatmap_signed_large_nan_and_torch(tmp_path: Path) -> None:
@@ -58,9 +59,9 @@ def test_heatmap_signed_large_nan_and_torch(tmp_path: Path) -> None:
     m[0, 0] = float("nan")
     out = head_heatmap(m, tmp_path / "signed.png", title="Signed", cbar_label="base − ablated", center=True)
     width, height = _png_size(out)
-    assert 800 <= width <= 1600 and 800 <= height <= 1200
+    assert 8 * DPI <= width <= 16 * DPI and 8 * DPI <= height <= 12 * DPI
     zeros = head_heatmap(np.zeros((2, 2)), tmp_path / "z.png", title="z", cbar_label="s", center=True)
-    assert _png_size(zeros)[0] >= 500
+    assert _png_size(zeros)[0] >= 5 * DPI
 
 
 def test_heatmap_rejects_bad_shapes(tmp_path: Path) -> None:
@@ -91,7 +92,7 @@ def test_ablation_bar_chart_forms(tmp_path: Path) -> None:
     }
     out = ablation_bar_chart(results, tmp_path / "ablation.png")
     width, height = _png_size(out)
-    assert 450 <= width <= 800 and height == 400
+    assert 4.5 * DPI <= width <= 8 * DPI and height == 4 * DPI
     custom = ablation_bar_chart(
         {"positive": {"gold_prob_drop": 0.2}, "random": {"gold_prob_drop": 0.01, "gold_prob_drop_std": 0.004}},
         tmp_path / "gp.png", metric="gold_prob_drop", title="Gold prob drop",
@@ -109,7 +110,7 @@ def test_ablation_bar_chart_errors(tmp_path: Path) -> None:
 def test_lambda_curve_from_table_and_choice(tmp_path: Path) -> None:
     table = [(1.0, 0.61), (0.0, 0.55), (0.5, 0.58), (2.0, 0.57)]
     out = lambda_curve(table, tmp_path / "lam.png", best=1.0)
-    assert _png_size(out) == (600, 400)
+    assert _png_size(out) == (6 * DPI, 4 * DPI)
     choice = LambdaChoice(1.0, [LambdaPoint(lam, acc) for lam, acc in table])
     _png_size(lambda_curve(choice, tmp_path / "lam2.png"))
     with pytest.raises(ValueError, match="empty"):

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from vseam_run import evaluate, lifecycle, modulate, registry, report
+from vseam_run import evaluate, fmt, lifecycle, modulate, registry, report
 from vseam_run.data import LoadResult, load_questions
 from vseam_run.data.base import Question
 from vseam_run.data.toyworld import ToyWorldParams
@@ -34,9 +34,11 @@ from vseam_run.errors import VseamError
 from vseam_run.fingerprint import Fingerprint, fingerprint, items_part, model_part, questions_part, spec_changes
 from vseam_run.heads import ablate_heads_edits, scale_edits
 from vseam_run.ledger import StageCheckpointer, StageLedger
+from vseam_run.progress import silence_libraries
 from vseam_run.scoring import Item, ScoredSet, accuracy
 from vseam_run.search import SearchItem, SearchResult, search_heads
 from vseam_run.search.scoring import ranking_matrices
+from vseam_run.search.uncertainty import encode_effects, head_uncertainty
 from vseam_run.spec import ExtraDataSpec, Spec
 from vseam_run.stages import trace as trace_stage
 from vseam_run.splits import split_by_image
@@ -125,11 +127,13 @@ def run(
     force: bool = False,
     log: Log = _print,
     heartbeat_s: float | None = None,
+    on_created: Callable[[str], None] | None = None,
 ) -> RunOutcome:
     """Run every stage of `spec`; with `resume`, continue that run id instead of starting one.
 
     SIGTERM / SIGHUP end the run like Ctrl-C: it is recorded as interrupted and a
     `lifecycle.RunInterrupted` (a KeyboardInterrupt carrying the exit code) is raised.
+    `on_created(run_id)` is called once the run is recorded (a sweep tags it there).
     """
     entry, device = preflight(spec)
     if resume:
@@ -144,6 +148,8 @@ def run(
             device=str(device), seed=spec.seed,
         )
         log(f"run {run_id} ({spec.name}) on {device}")
+    if on_created is not None:
+        on_created(run_id)
     beat = lifecycle.heartbeat(store, run_id) if heartbeat_s is None else lifecycle.heartbeat(store, run_id, heartbeat_s)
     # The signal handlers stay installed while the outcome is recorded, so a second SIGTERM
     # (ignored there) cannot kill the process between the interruption and its record.
@@ -184,6 +190,13 @@ class _Stages:
 
     def artifact(self, kind: str, path: Path) -> None:
         self.store.add_artifact(self.run_id, kind, path)
+        for extra in report.companions(path):  # SVG/PDF copies asked for in VSEAM_FIGURE_FORMATS
+            self.store.add_artifact(self.run_id, f"{kind}{extra.suffix}", extra)
+
+    @property
+    def label(self) -> str:
+        """Spec name, run id and seed: what tells two figures of a sweep apart."""
+        return f"{self.spec.name} · {self.run_id} · seed {self.spec.seed}"
 
     @contextlib.contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -217,6 +230,7 @@ class _Stages:
         self.stage("data", data_fp, lambda: self._record_data(loaded, splits))
         with self.timed("load_model"):
             dtype = resolve_dtype(spec.dtype, self.entry.dtype, self.device)
+            silence_libraries()  # VSEAM_QUIET=1 also hides transformers' weight-loading bar
             self.vlm = VLM.load(self.entry, self.device, dtype)
         self.model = model_part(self.entry, self.device, dtype)
         items, untokenizable = self._items(loaded.questions, split_of, "data")
@@ -263,7 +277,7 @@ class _Stages:
         rows = ScoredSet.score_once(self.vlm, items, self.spec.batch_size, "baseline")
         self.store.log_question_results(self.run_id, "baseline", rows)
         self.record(evaluate.summarize(rows).as_metrics("baseline"))
-        self.log(f"  baseline accuracy {self.metrics['baseline.accuracy']:.3f} on {len(rows)} questions")
+        self.log(f"  baseline accuracy {fmt.num(self.metrics['baseline.accuracy'])} on {len(rows)} questions")
         return rows
 
     def _single_answer(self, questions: list[Question]) -> None:
@@ -332,6 +346,11 @@ class _Stages:
         )
         heads = result.to_json()
         self.store.put_document(self.run_id, "heads", heads)
+        self.store.put_document(self.run_id, "search.effects", encode_effects(result.qids, result.effects, result.correct,
+                                                                              result.base_prob, result.verified))
+        unc = head_uncertainty(result.effects, result.correct, s.scoring, s.top_k, n_boot=s.bootstrap,
+                               seed=self.spec.seed, allowed=result.verified)
+        self.store.put_document(self.run_id, "heads.uncertainty", unc.to_json())
         self.record({"search.seconds": result.seconds, "search.questions": len(items),
                      "search.correct": result.matrices.n_correct, "search.wrong": result.matrices.n_wrong})
         m = result.matrices
@@ -342,10 +361,12 @@ class _Stages:
             ("negative", m.negative, "mean ReLU(ablated − base), wrong questions", False),
             ("signed", m.signed, "mean (base − ablated) gold prob", True),
         ):
-            path = report.head_heatmap(matrix, self.art_dir / f"heads_{kind}.png", title=f"{kind} heads — {self.spec.name}",
-                                       cbar_label=label, counts=counts, center=center)
+            top = {"positive": m.top_positive, "negative": m.top_negative}.get(kind)
+            path = report.head_heatmap(matrix, self.art_dir / f"heads_{kind}.png", title=f"{kind} heads — {self.label}",
+                                       cbar_label=label, counts=counts, center=center, top=top, significant=unc.excludes_zero(kind))
             self.artifact(f"heatmap.{kind}", path)
-        self.log(f"  search {s.strategy}: {result.seconds:.1f}s; top positive {m.top_positive[:3]}, top negative {m.top_negative[:3]}")
+        self.log(f"  search {s.strategy}: {result.seconds:.1f}s; top positive {fmt.heads(m.top_positive)}; "
+                 f"top negative {fmt.heads(m.top_negative)}")
         return result
 
     # ---- modulation, evaluation, ablation --------------------------------------------------
@@ -403,8 +424,9 @@ class _Stages:
                 choice = modulate.select_lambda(pol.grid, lambda l: accuracy(val.run(scale_edits(self._scales(result, l)))))
                 lam = choice.best
                 self.store.put_document(self.run_id, "lambda_selection", [{"lam": p.lam, "val_accuracy": p.val_accuracy} for p in choice.table])
-                self.artifact("lambda_curve", report.lambda_curve(choice, self.art_dir / "lambda_curve.png"))
-                self.log("  λ on val: " + ", ".join(f"{p.lam:g}→{p.val_accuracy:.3f}" for p in choice.table) + f"; chose {lam:g}")
+                self.artifact("lambda_curve", report.lambda_curve(choice, self.art_dir / "lambda_curve.png", n=len(by_split["val"]),
+                                                                  title=f"validation accuracy vs λ — {self.label}"))
+                self.log("  λ on val: " + ", ".join(f"{p.lam:g}→{fmt.num(p.val_accuracy)}" for p in choice.table) + f"; chose {lam:g}")
             else:
                 lam = float(pol.lam)
             self.record({"modulation.lambda": lam})
@@ -464,11 +486,11 @@ class _Stages:
         self.store.put_document(self.run_id, "ablation", {"positive_heads": pos, "negative_heads": neg, "results": results})
         for metric in ("accuracy_drop", "gold_prob_drop"):
             path = report.ablation_bar_chart({k: v[metric] for k, v in results.items()}, self.art_dir / f"ablation_{metric}.png",
-                                             metric=metric, title=f"zero-ablating {ab.k} heads — {self.spec.name}")
+                                             metric=metric, title=f"zero-ablating {ab.k} heads — {self.label}")
             self.artifact(f"ablation.{metric}", path)
-        def fmt(name: str) -> str:
+        def shown(name: str) -> str:
             v = metrics.get(f"ablation.{name}.accuracy_drop")
-            return "n/a (no such heads)" if v is None else f"{v:+.3f}"
+            return "n/a (no such heads)" if v is None else ("+" if v > fmt.NOISE else "") + fmt.num(v)
 
-        self.log(f"  ablation (k={ab.k}), accuracy drop: positive {fmt('positive')}, negative {fmt('negative')}, "
-                 f"random {metrics['ablation.random.accuracy_drop']:+.3f} ± {metrics['ablation.random.accuracy_drop_std']:.3f}")
+        self.log(f"  ablation (k={ab.k}), accuracy drop: positive {shown('positive')}, negative {shown('negative')}, "
+                 f"random {fmt.num(metrics['ablation.random.accuracy_drop'])} ± {fmt.num(metrics['ablation.random.accuracy_drop_std'])}")

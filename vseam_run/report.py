@@ -29,12 +29,19 @@ __all__ = [
     "ablation_bar_chart",
     "comparison_rows",
     "comparison_table",
+    "colour_limits",
     "head_heatmap",
+    "heatmap_grid",
     "lambda_curve",
+    "wilson_interval",
     "summary_table",
 ]
 
-DPI = 100
+# 150 dpi: sharp enough for a paper's column width; vector copies on request (below).
+DPI = 150
+# Extra vector formats written next to every PNG, e.g. VSEAM_FIGURE_FORMATS=svg,pdf.
+FIGURE_FORMATS_ENV = "VSEAM_FIGURE_FORMATS"
+_VECTOR_FORMATS = ("svg", "pdf")
 # Up to this many layers/heads every index gets a tick label; beyond it labels would
 # overlap, so a tick is put every few indices instead.
 _MAX_LABELLED_TICKS = 32
@@ -59,10 +66,33 @@ def _new_figure(width_in: float, height_in: float) -> Figure:
     return fig
 
 
+def figure_formats() -> list[str]:
+    """Vector formats asked for in VSEAM_FIGURE_FORMATS (comma-separated; png is always written)."""
+    import os
+
+    from vseam_run.errors import VseamError
+
+    asked = [f.strip().lower().lstrip(".") for f in os.environ.get(FIGURE_FORMATS_ENV, "").split(",") if f.strip()]
+    bad = [f for f in asked if f not in _VECTOR_FORMATS + ("png",)]
+    if bad:
+        raise VseamError(f"{FIGURE_FORMATS_ENV}: unknown figure format(s) {', '.join(bad)}",
+                         hint=f"use a comma-separated list of {', '.join(_VECTOR_FORMATS)}")
+    return [f for f in asked if f != "png"]
+
+
+def companions(path: str | Path) -> list[Path]:
+    """The vector copies `_save` wrote next to a figure (those that exist)."""
+    p = Path(path)
+    return [p.with_suffix(f".{f}") for f in _VECTOR_FORMATS if p.with_suffix(f".{f}").is_file() and p.suffix != f".{f}"]
+
+
 def _save(fig: Figure, path: str | Path) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=DPI)
+    for fmt in figure_formats():
+        if out.suffix.lower() != f".{fmt}":
+            fig.savefig(out.with_suffix(f".{fmt}"), dpi=DPI)
     return out
 
 
@@ -95,6 +125,9 @@ def head_heatmap(
     counts: str | None = None,
     cmap: str | None = None,
     center: bool = False,
+    top: Iterable[Sequence[int]] | None = None,
+    significant: Any = None,
+    limits: tuple[float, float] | None = None,
 ) -> Path:
     """Draw a ``[layers, heads]`` score matrix as a heatmap.
 
@@ -104,30 +137,76 @@ def head_heatmap(
     colour map with limits ±max|score|, so 0 is the neutral middle colour. NaN entries
     (heads not searched) are drawn grey.
     """
+    m = _check_matrix(matrix)
+    layers, heads = m.shape
+    vmin, vmax = limits if limits is not None else colour_limits([m], center)
+    width = float(np.clip(3.0 + 0.3 * heads, 5.0, 16.0))
+    fig = _new_figure(width, float(np.clip(2.0 + 0.25 * layers, 3.5, 12.0)))
+    ax = fig.add_subplot()
+    image = _draw_heads(ax, m, vmin, vmax, cmap or ("RdBu_r" if center else "viridis"), top, significant)
+    fig.suptitle(_wrap(title, width, 10), fontsize=10)
+    subtitle = "; ".join(x for x in (counts, _marks_legend(top, significant)) if x)
+    if subtitle:
+        ax.set_title(_wrap(subtitle, width, 8), fontsize=8, color="#444444")
+    fig.colorbar(image, ax=ax, label=cbar_label)
+    return _save(fig, path)
+
+
+def _wrap(text: str, width_in: float, fontsize: float) -> str:
+    """Break a title into lines that fit a figure `width_in` inches wide (≈ 0.55 em per character)."""
+    import textwrap
+
+    chars = max(20, int(width_in * 72 / (0.55 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
+
+
+def _check_matrix(matrix: Any) -> np.ndarray:
     m = _to_matrix(matrix)
     if m.ndim != 2:
         raise ValueError(f"head_heatmap needs a 2-D [layers, heads] matrix, got shape {m.shape}")
     if m.size == 0:
         raise ValueError(f"head_heatmap needs at least one layer and one head, got shape {m.shape}")
-    import matplotlib as mpl
+    return m
 
-    layers, heads = m.shape
-    colours = mpl.colormaps[cmap or ("RdBu_r" if center else "viridis")].with_extremes(bad="#d9d9d9")
-    finite = m[np.isfinite(m)]
+
+def colour_limits(matrices: Sequence[np.ndarray], center: bool) -> tuple[float, float]:
+    """One colour range for all `matrices` (so figures that are compared share a scale).
+
+    ``center=True`` gives ±max|score| (0 in the neutral middle colour)."""
+    finite = np.concatenate([np.asarray(m, dtype=np.float64)[np.isfinite(m)] for m in matrices]) if matrices else np.array([])
     if center:
         bound = float(np.abs(finite).max()) if finite.size else 0.0
         bound = bound if bound > 0 else 1.0  # an all-zero matrix still needs a range
-        vmin, vmax = -bound, bound
-    else:
-        vmin = float(finite.min()) if finite.size else 0.0
-        vmax = float(finite.max()) if finite.size else 1.0
+        return -bound, bound
+    vmin = float(finite.min()) if finite.size else 0.0
+    vmax = float(finite.max()) if finite.size else 1.0
+    return vmin, (vmax if vmax > vmin else vmin + 1.0)
 
-    fig = _new_figure(float(np.clip(3.0 + 0.3 * heads, 5.0, 16.0)), float(np.clip(2.0 + 0.25 * layers, 3.5, 12.0)))
-    ax = fig.add_subplot()
-    image = ax.imshow(
-        np.ma.masked_invalid(m), cmap=colours, vmin=vmin, vmax=vmax, origin="lower", aspect="auto",
-        interpolation="nearest",
-    )
+
+def _marks_legend(top: Any, significant: Any) -> str:
+    parts = []
+    if top is not None:
+        parts.append("□ top-k")
+    if significant is not None:
+        parts.append("• mean effect > 0 (95% bootstrap)")
+    return "  ".join(parts)
+
+
+def _draw_heads(ax: Any, m: np.ndarray, vmin: float, vmax: float, cmap: str, top: Any, significant: Any) -> Any:
+    """One heatmap on `ax`: layer 0 at the bottom, top-k heads boxed, significant heads dotted."""
+    import matplotlib as mpl
+    from matplotlib.patches import Rectangle
+
+    layers, heads = m.shape
+    colours = mpl.colormaps[cmap].with_extremes(bad="#d9d9d9")
+    image = ax.imshow(np.ma.masked_invalid(m), cmap=colours, vmin=vmin, vmax=vmax, origin="lower", aspect="auto",
+                      interpolation="nearest")
+    for l, h in (tuple(int(v) for v in t[:2]) for t in (top or [])):
+        ax.add_patch(Rectangle((h - 0.5, l - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.6))
+        ax.add_patch(Rectangle((h - 0.42, l - 0.42), 0.84, 0.84, fill=False, edgecolor="white", linewidth=0.8))
+    if significant is not None:
+        ls, hs = np.nonzero(np.asarray(significant, dtype=bool))
+        ax.scatter(hs, ls, s=9, c="white", edgecolors="black", linewidths=0.5, zorder=3)
     small = {"fontsize": 7} if max(layers, heads) > 16 else {}
     ax.set_xticks(tick_positions(heads))
     ax.set_xticklabels([str(i) for i in tick_positions(heads)], **small)
@@ -135,10 +214,42 @@ def head_heatmap(
     ax.set_yticklabels([str(i) for i in tick_positions(layers)], **small)
     ax.set_xlabel("head")
     ax.set_ylabel("layer (0 = bottom)")
-    fig.suptitle(title)
-    if counts:
-        ax.set_title(counts, fontsize=9, color="#444444")
-    fig.colorbar(image, ax=ax, label=cbar_label)
+    return image
+
+
+def heatmap_grid(
+    rows: Sequence[tuple[str, Sequence[Any], bool]],
+    column_titles: Sequence[str],
+    path: str | Path,
+    *,
+    title: str,
+    tops: Sequence[Sequence[Any]] | None = None,
+) -> Path:
+    """Several runs' head matrices side by side: one row per score kind, one column per run,
+    one colour scale per row (shared by every run, so equal colours mean equal scores).
+
+    `rows` holds (label, matrices — one per column, center). `tops[row][col]` optionally
+    lists the (layer, head) pairs to box."""
+    if not rows or not column_titles:
+        raise ValueError("heatmap_grid: nothing to draw")
+    mats = [[_check_matrix(m) for m in ms] for _, ms, _ in rows]
+    layers, heads = mats[0][0].shape
+    ncol = len(column_titles)
+    fig = _new_figure(float(np.clip(1.0 + ncol * (1.2 + 0.22 * heads), 5.0, 30.0)),
+                      float(np.clip(len(rows) * (1.2 + 0.2 * layers), 3.0, 24.0)))
+    axes = fig.subplots(len(rows), ncol, squeeze=False)
+    for r, ((label, _, center), ms) in enumerate(zip(rows, mats)):
+        vmin, vmax = colour_limits(ms, center)
+        image = None
+        for c, m in enumerate(ms):
+            top = tops[r][c] if tops is not None else None
+            image = _draw_heads(axes[r][c], m, vmin, vmax, "RdBu_r" if center else "viridis", top, None)
+            if r == 0:
+                axes[r][c].set_title(column_titles[c], fontsize=8)
+            if c:
+                axes[r][c].set_ylabel("")
+        fig.colorbar(image, ax=list(axes[r]), label=label, shrink=0.9)
+    fig.suptitle(title + ("  (□ top-k)" if tops is not None else ""))
     return _save(fig, path)
 
 
@@ -221,17 +332,32 @@ def ablation_bar_chart(
 # ---------------------------------------------------------------------------
 
 
+def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion (sensible at 0/n and n/n, unlike p ± z·se)."""
+    if n <= 0:
+        return (math.nan, math.nan)
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
 def lambda_curve(
     table: Iterable[tuple[float, float]] | Any,
     path: str | Path,
     *,
     best: float | None = None,
+    n: int | None = None,
     title: str = "Validation accuracy vs λ",
 ) -> Path:
     """Validation accuracy against λ, with the chosen λ starred and λ = 0 as a reference line.
 
     ``table`` is ``(λ, accuracy)`` pairs or a :class:`~vseam_run.modulate.LambdaChoice`
-    (whose ``best`` is then used unless ``best`` is given).
+    (whose ``best`` is then used unless ``best`` is given). The λ axis is categorical
+    (the grid's values equally spaced), so a grid like 0, 0.5, …, 8 is not squeezed to the
+    left. With ``n`` (validation questions) every point gets a 95% Wilson interval, and the
+    y axis spans at least a few questions' worth, so one question is not drawn as a cliff.
     """
     if hasattr(table, "table") and hasattr(table, "best"):
         best = table.best if best is None else best
@@ -241,19 +367,31 @@ def lambda_curve(
         raise ValueError("lambda_curve: the table is empty")
     lams = [p[0] for p in points]
     accs = [p[1] for p in points]
+    xs = list(range(len(points)))
 
     fig = _new_figure(6.0, 4.0)
     ax = fig.add_subplot()
-    ax.plot(lams, accs, "o-", color="#2c7bb6", label="validation accuracy")
+    label = "validation accuracy" + (f" (n = {n}, 95% Wilson interval)" if n else "")
+    if n:
+        bounds = [wilson_interval(round(a * n), n) for a in accs]
+        yerr = [[a - lo for a, (lo, _) in zip(accs, bounds)], [hi - a for a, (_, hi) in zip(accs, bounds)]]
+        ax.errorbar(xs, accs, yerr=yerr, fmt="o-", color="#2c7bb6", capsize=4, label=label)
+        low = min(lo for lo, _ in bounds)
+        high = max(hi for _, hi in bounds)
+        ax.set_ylim(max(0.0, low - 0.05), min(1.0, high + 0.05) + 0.01)
+    else:
+        ax.plot(xs, accs, "o-", color="#2c7bb6", label=label)
     zero = [acc for lam, acc in points if lam == 0.0]
     if zero:
         ax.axhline(zero[0], color="#999999", linestyle="--", linewidth=1, label="λ = 0 (no modulation)")
     if best is not None:
-        chosen = [acc for lam, acc in points if lam == best]
+        chosen = [(x, acc) for x, (lam, acc) in zip(xs, points) if lam == best]
         if chosen:
-            ax.plot([best], chosen, marker="*", markersize=16, color="#d7191c", linestyle="none",
+            ax.plot([chosen[0][0]], [chosen[0][1]], marker="*", markersize=16, color="#d7191c", linestyle="none",
                     label=f"chosen λ = {best:g}")
-    ax.set_xlabel("λ (modulation strength)")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([f"{lam:g}" for lam in lams])
+    ax.set_xlabel("λ (modulation strength; grid values, equally spaced)")
     ax.set_ylabel("validation accuracy")
     ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
@@ -439,4 +577,78 @@ def logit_lens_plot(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]
         ax.grid(alpha=0.3)
     ax_p.legend(fontsize=7, loc="best")
     fig.suptitle(title)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------------------
+# head sharing across runs
+# ---------------------------------------------------------------------------
+
+
+def overlap_figure(
+    matrices: Mapping[str, Any],
+    labels: Sequence[str],
+    groups: Sequence[str],
+    panels: Mapping[str, Mapping[str, Any]],
+    path: str | Path,
+    *,
+    metric: str,
+    title: str,
+) -> Path:
+    """Pairwise overlap matrices of the top positive and negative head sets (one colour scale for
+    both), and a panel of within- vs across-group mean overlap with intervals against the
+    random-set expectation. `panels[kind][within|across]` has observed, low, high, random."""
+    kinds = list(matrices)
+    r = len(labels)
+    mats = [np.asarray(matrices[k], dtype=np.float64) for k in kinds]
+    vmax = 1.0 if metric == "jaccard" else max(1.0, float(np.nanmax([np.nanmax(m) for m in mats])))
+    side = float(np.clip(1.5 + 0.32 * r, 3.5, 9.0))
+    fig = _new_figure(side * len(kinds) + 4.0, side + 0.8)
+    axes = fig.subplots(1, len(kinds) + 1, gridspec_kw={"width_ratios": [side] * len(kinds) + [3.5]})
+    image = None
+    boundaries = [i + 0.5 for i in range(r - 1) if groups[i] != groups[i + 1]]
+    for ax, kind, m in zip(axes, kinds, mats):
+        image = ax.imshow(m, cmap="magma", vmin=0.0, vmax=vmax, interpolation="nearest")
+        ax.set_xticks(range(r))
+        ax.set_yticks(range(r))
+        ax.set_xticklabels(labels, rotation=90, fontsize=6)
+        ax.set_yticklabels(labels, fontsize=6)
+        for b in boundaries:
+            ax.axhline(b, color="white", linewidth=1.2)
+            ax.axvline(b, color="white", linewidth=1.2)
+        if r <= 12:
+            for i in range(r):
+                for j in range(r):
+                    if i != j and np.isfinite(m[i, j]):
+                        ax.text(j, i, f"{m[i, j]:.2f}" if metric == "jaccard" else f"{m[i, j]:g}", ha="center",
+                                va="center", fontsize=5, color="white" if m[i, j] < 0.6 * vmax else "black")
+        ax.set_title(f"top {kind} heads ({metric})", fontsize=9)
+    fig.colorbar(image, ax=list(axes[: len(kinds)]), label=f"{metric} overlap", shrink=0.8)
+    ax = axes[-1]
+    xs, ticks = [], []
+    for ki, kind in enumerate(kinds):
+        for gi, name in enumerate(("within", "across")):
+            g = panels[kind][name]
+            x = ki * 2.6 + gi
+            xs.append(x)
+            ticks.append(f"{kind}\n{name}")
+            obs = g.observed if not isinstance(g, Mapping) else g["observed"]
+            lo = g.low if not isinstance(g, Mapping) else g["low"]
+            hi = g.high if not isinstance(g, Mapping) else g["high"]
+            rnd = g.random if not isinstance(g, Mapping) else g["random"]
+            colour = _GROUP_COLOURS["positive" if kind == "positive" else "negative"]
+            if obs is not None:
+                if lo is not None and hi is not None:  # drawn as given: an interval need not be centred on the point
+                    ax.plot([x, x], [lo, hi], color=colour, linewidth=1.5)
+                    ax.plot([x - 0.12, x + 0.12, None, x - 0.12, x + 0.12], [lo, lo, None, hi, hi], color=colour, linewidth=1.5)
+                ax.plot([x], [obs], "o", color=colour)
+            if rnd is not None:
+                ax.plot([x - 0.3, x + 0.3], [rnd, rnd], color="#666666", linestyle="--", linewidth=1)
+    ax.set_xticks(xs)
+    ax.set_xticklabels(ticks, fontsize=7)
+    ax.set_ylabel(f"mean pairwise {metric}")
+    ax.set_title("within vs across (-- random sets)", fontsize=9)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title, fontsize=10)
     return _save(fig, path)

@@ -209,6 +209,7 @@ class SearchSpec(_Strict):
     top_k: int = Field(10, ge=1, description="Length of the reported top positive / negative head lists.")
     verify_k: int | None = Field(None, ge=1, description="Heads re-scored exactly by attribution+verify (default 3 × top_k).")
     batch_rows: int = Field(64, ge=1, description="Rows per forward pass in exact search (questions × heads).")
+    bootstrap: int = Field(1000, ge=1, description="Bootstrap resamples of the search questions for per-head intervals and top-k stability.")
 
 
 class TraceSpec(_Strict):

@@ -1,98 +1,191 @@
-"""`vseam compare A B`: what differs between two runs' specs, and how their metrics moved."""
+"""`vseam compare RUN RUN [RUN...]`: differing spec fields, metrics side by side, head overlap,
+paired tests on shared test questions."""
 
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
+from vseam_run import fmt
 from vseam_run.cli.common import DEFAULT_DB, DbOption, JsonOption, console, print_json
-from vseam_run.cli.runs import format_value, open_registry
-from vseam_run.store.views import FieldDiff, MetricDelta, RunComparison, compare_runs
+from vseam_run.cli.runs import open_registry
 
-RunA = Annotated[str, typer.Argument(help="The reference run: an id, a unique prefix, or 'latest'.")]
-RunB = Annotated[str, typer.Argument(help="The run compared against it (deltas are B − A).")]
+Runs = Annotated[list[str], typer.Argument(help="Two or more runs: ids, unique prefixes or 'latest'. Deltas are against the first.")]
 
 # Spec values can be long (prompts, paths); the table truncates, --json never does.
-_MAX_CELL = 60
+_MAX_CELL = 40
+_MAX_FLIPPED = 10
 
 
-def compare(run_a: RunA, run_b: RunB, db: DbOption = DEFAULT_DB, json_: JsonOption = False) -> None:
-    """Compare two runs: spec fields that differ (as dotted paths) and every metric with B − A.
+def compare(
+    runs: Runs,
+    db: DbOption = DEFAULT_DB,
+    json_: JsonOption = False,
+    md: Annotated[bool, typer.Option("--md", help="Print Markdown tables (for a paper draft or an issue).")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Include timings (time.*, search.seconds) among the metrics.")] = False,
+    k: Annotated[Optional[int], typer.Option("--k", min=1, help="Top-k of the head sets (default: the smallest search.top_k).")] = None,
+    figure: Annotated[Optional[Path], typer.Option("--figure", "-o", help="Write the runs' head heatmaps side by side (one colour scale per row) to this PNG.")] = None,
+) -> None:
+    """Compare two or more runs: spec differences, metrics, head overlap, paired tests.
+
+    The spec fields that differ, metrics side by side with deltas against the first
+    run, for head searches the top-k positive / negative sets (Jaccard overlap, shared heads, Spearman
+    rank correlation of the score matrices), and McNemar's paired test where runs scored the same
+    test questions, with the questions that flipped.
 
     Examples:
 
         vseam compare 20261126-2115 latest
 
-        vseam compare 20261126-2115 20261127-0930 --db results/runs.db
+        vseam compare A B C --md > compare.md
 
-        vseam compare 20261126-2115 latest --json | jq '.metrics[] | select(.delta != null)'
+        vseam compare A B -o heads.png --json | jq '.heads[0].positive.jaccard'
     """
+    from vseam_run.findings import compare as compare_runs
+    from vseam_run.findings import comparison_figure
+
     with open_registry(db) as store:
-        a = store.get_run(store.resolve(run_a))
-        b = store.get_run(store.resolve(run_b))
-    comparison = compare_runs(a, b)
+        ids = [store.resolve(r) for r in runs]
+        result = compare_runs(store, ids, k=k, include_timings=all_)
+    written = comparison_figure(result, figure) if figure is not None else None
     if json_:
-        print_json(comparison.to_json())
+        out = result.to_json()
+        out["figure"] = None if written is None else str(written)
+        print_json(out)
         return
-    _print_comparison(comparison)
+    if md:
+        print(markdown(result.to_json()))
+    else:
+        _print_tables(result.to_json())
+    if written is not None:
+        console().print(f"figure: {written}", highlight=False, markup=False)
 
 
-def _print_comparison(c: RunComparison) -> None:
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return fmt.num(value)
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= _MAX_CELL else text[: _MAX_CELL - 1] + "…"
+
+
+def _heads_text(heads: list[list[int]], limit: int = 6) -> str:
+    shown = ", ".join(fmt.head(l, h) for l, h in heads[:limit])
+    return (shown + (" …" if len(heads) > limit else "")) or "none"
+
+
+def _delta(d: float | None) -> Text:
+    if d is None:
+        return Text("")
+    if abs(d) < fmt.NOISE:
+        return Text("(0)", style="dim")
+    return Text(f"({'+' if d > 0 else ''}{fmt.num(d)})", style="green" if d > 0 else "red")
+
+
+def _print_tables(c: dict[str, Any]) -> None:
     out = console()
-    out.print(f"[bold]A[/] [cyan]{c.a.id}[/] ({c.a.name})   [bold]B[/] [cyan]{c.b.id}[/] ({c.b.name})")
-    if c.spec_diff:
-        out.print(_diff_table("spec differences", c.spec_diff))
+    names = [f"{r['run_id']}" for r in c["runs"]]
+    out.print("runs: " + "   ".join(f"[bold]{chr(65 + i)}[/] [cyan]{r['run_id']}[/] ({r['name']}, seed {r['seed']})"
+                                   for i, r in enumerate(c["runs"])), highlight=False)
+    letters = [chr(65 + i) for i in range(len(names))]
+    if c["spec_diff"]:
+        t = Table(title="spec fields that differ", title_justify="left", header_style="bold")
+        t.add_column("field", style="cyan")
+        for x in letters:
+            t.add_column(x)
+        for d in c["spec_diff"]:
+            t.add_row(d["field"], *(Text(_short(v)) if v is not None else Text("(absent)", style="dim") for v in d["values"]))
+        out.print(t)
     else:
         out.print("[green]specs are identical[/]")
-    if c.env_diff:
-        out.print(_diff_table("environment differences", c.env_diff))
-    if c.metrics:
-        out.print(_metrics_table(c.metrics))
-    else:
-        out.print("[dim]neither run has metrics[/]")
+    if c["env_diff"]:
+        t = Table(title="environment differences", title_justify="left", header_style="bold")
+        t.add_column("field", style="cyan")
+        for x in letters:
+            t.add_column(x)
+        for d in c["env_diff"]:
+            t.add_row(d["field"], *(Text(_short(v)) for v in d["values"]))
+        out.print(t)
+    if c["metrics"]:
+        t = Table(title="metrics (Δ against A)", title_justify="left", header_style="bold")
+        t.add_column("metric", style="cyan")
+        for x in letters:
+            t.add_column(x, justify="right")
+        for m in c["metrics"]:
+            cells = []
+            for v, d in zip(m["values"], m["deltas"]):
+                cell = Text(fmt.num(v))
+                cell.append(" ")
+                cell.append_text(_delta(d))
+                cells.append(cell)
+            t.add_row(m["name"], *cells)
+        out.print(t)
+    for p in c["heads"]:
+        a, b = letters[names.index(p["a"])], letters[names.index(p["b"])]
+        if not p["comparable"]:
+            out.print(f"heads {a} vs {b}: {p['reason']}")
+            continue
+        t = Table(title=f"top-{p['k']} heads, {a} vs {b}", title_justify="left", header_style="bold")
+        for col in ("list", "Jaccard", "random sets", "shared", f"only {a}", f"only {b}"):
+            t.add_column(col)
+        for kind in ("positive", "negative"):
+            h = p[kind]
+            t.add_row(kind, fmt.num(h["jaccard"], 2), fmt.num(h["jaccard_random"], 2), _heads_text(h["shared"]),
+                      _heads_text(h["only_a"]), _heads_text(h["only_b"]))
+        out.print(t)
+        rho = p["spearman"]
+        out.print("  Spearman rank correlation of the score matrices: "
+                  + ", ".join(f"{k} {fmt.num(v, 2)}" for k, v in rho.items()), highlight=False)
+    for p in c["paired"]:
+        a, b = letters[names.index(p["a"])], letters[names.index(p["b"])]
+        out.print(f"[bold]paired test {a} vs {b}[/] ({p['stage']}, n = {p['n']} shared test questions): accuracy "
+                  f"{fmt.num(p['accuracy_a'])} vs {fmt.num(p['accuracy_b'])}, McNemar p = {fmt.num(p['mcnemar_p'], 2)}; "
+                  f"{len(p['flipped'])} flipped ({p['a_only_correct']} right only in {a}, {p['b_only_correct']} only in {b})",
+                  highlight=False)
+        for f in p["flipped"][:_MAX_FLIPPED]:
+            out.print(f"    {f['qid']}: gold {f['gold']}; {a} {f['a_pred']} → {b} {f['b_pred']}", highlight=False, markup=False)
+        if len(p["flipped"]) > _MAX_FLIPPED:
+            out.print(f"    … {len(p['flipped']) - _MAX_FLIPPED} more (--json)", highlight=False)
 
 
-def _cell(value: Any, present: bool) -> Text:
-    if not present:
-        return Text("(absent)", style="dim")
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    if len(text) > _MAX_CELL:
-        text = text[: _MAX_CELL - 1] + "…"
-    return Text(text)
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
-def _diff_table(title: str, diffs: list[FieldDiff]) -> Table:
-    table = Table(title=title, title_justify="left", header_style="bold")
-    table.add_column("field", style="cyan")
-    table.add_column("A")
-    table.add_column("B")
-    for d in diffs:
-        table.add_row(d.field, _cell(d.a, d.a_present), _cell(d.b, d.b_present))
-    return table
-
-
-def _delta_text(delta: float | None) -> Text:
-    """B − A, green when it went up and red when it went down.
-
-    The colour only shows direction: for a loss or a p-value "down" is the good way.
-    """
-    if delta is None:
-        return Text("—", style="dim")
-    if delta == 0:
-        return Text("0", style="dim")
-    return Text(f"{delta:+.4g}", style="green" if delta > 0 else "red")
-
-
-def _metrics_table(metrics: list[MetricDelta]) -> Table:
-    table = Table(title="metrics", title_justify="left", header_style="bold")
-    table.add_column("metric", style="cyan")
-    table.add_column("A", justify="right")
-    table.add_column("B", justify="right")
-    table.add_column("B − A", justify="right")
-    for m in metrics:
-        table.add_row(m.name, format_value(m.a), format_value(m.b), _delta_text(m.delta))
-    return table
+def markdown(c: dict[str, Any]) -> str:
+    """The comparison as Markdown: runs, spec differences, metrics, heads, paired tests."""
+    letters = [chr(65 + i) for i in range(len(c["runs"]))]
+    names = [r["run_id"] for r in c["runs"]]
+    parts = ["## Runs", _md_table(["", "run", "name", "seed", "model"],
+                                  [[x, r["run_id"], r["name"], str(r["seed"]), str(r["model"])] for x, r in zip(letters, c["runs"])])]
+    parts += ["## Spec fields that differ",
+              _md_table(["field", *letters], [[d["field"], *(_short(v) for v in d["values"])] for d in c["spec_diff"]])
+              if c["spec_diff"] else "The specs are identical."]
+    if c["metrics"]:
+        rows = [[m["name"], *(fmt.num(v) + (f" ({'+' if d > 0 else ''}{fmt.num(d)})" if d is not None and abs(d) >= fmt.NOISE else "")
+                              for v, d in zip(m["values"], m["deltas"]))] for m in c["metrics"]]
+        parts += ["## Metrics (Δ against A)", _md_table(["metric", *letters], rows)]
+    if c["heads"]:
+        rows = []
+        for p in c["heads"]:
+            if not p["comparable"]:
+                continue
+            pair = f"{letters[names.index(p['a'])]} vs {letters[names.index(p['b'])]}"
+            for kind in ("positive", "negative"):
+                h = p[kind]
+                rows.append([pair, kind, fmt.num(h["jaccard"], 2), fmt.num(h["jaccard_random"], 2), _heads_text(h["shared"], 10),
+                             fmt.num(p["spearman"][kind], 2)])
+        parts += [f"## Top-{c['heads'][0].get('k', '')} heads", _md_table(["pair", "list", "Jaccard", "random sets", "shared", "Spearman"], rows)]
+    if c["paired"]:
+        rows = [[f"{letters[names.index(p['a'])]} vs {letters[names.index(p['b'])]}", p["stage"], str(p["n"]), fmt.num(p["accuracy_a"]),
+                 fmt.num(p["accuracy_b"]), fmt.num(p["mcnemar_p"], 2), str(len(p["flipped"]))] for p in c["paired"]]
+        parts += ["## Paired test on shared test questions",
+                  _md_table(["pair", "stage", "n", "acc A", "acc B", "McNemar p", "flipped"], rows)]
+    return "\n\n".join(parts) + "\n"

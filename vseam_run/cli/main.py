@@ -41,6 +41,7 @@ def _root(
 def _register() -> None:
     # Imported here so `vseam --help` stays fast and a broken optional module names itself.
     from vseam_run.cli import bench, compare, models, run, runs, show, specs, validate, zoo
+    from vseam_run.cli import findings, labels, sweep
 
     app.command("run")(run.run)
     app.command("validate")(validate.validate)
@@ -51,6 +52,14 @@ def _register() -> None:
     app.command("compare")(compare.compare)
     app.add_typer(bench.app, name="bench")
     app.add_typer(zoo.app, name="zoo")
+    # Findings across runs (issue 13): sweeps, labels, sharing, reports, exports.
+    app.command("sweep")(sweep.sweep)
+    app.command("tag")(labels.tag)
+    app.command("note")(labels.note)
+    app.command("rm")(labels.rm)
+    app.command("share")(findings.share)
+    app.command("report")(findings.report)
+    app.command("export")(findings.export)
 
 
 def _classes(name: str) -> tuple[type, ...]:

@@ -31,7 +31,7 @@ def run(
 
     A resumed run keeps its spec: --set may not change a field of it (start a new run instead).
     """
-    from vseam_run import lifecycle, pipeline
+    from vseam_run import fmt, lifecycle, pipeline
     from vseam_run.shipped import resolve_spec
     from vseam_run.spec import load_spec, validate_doc
     from vseam_run.store import RunStore
@@ -77,7 +77,11 @@ def run(
                         "eval.test.accuracy.baseline", "eval.test.accuracy.modulated", "eval.test.mcnemar_p",
                         "ablation.positive.accuracy_drop", "ablation.random.accuracy_drop") if k in out.metrics]
     for k in keys:
-        c.print(f"  {k:34s} {out.metrics[k]:.4g}", highlight=False)
+        c.print(f"  {k:34s} {fmt.num(out.metrics[k])}", highlight=False)
+    heads = store.get_document(out.run_id, "heads")
+    if heads and heads.get("top"):
+        c.print(f"  {'top positive heads':34s} {fmt.heads(heads['top']['positive'], 5)}", highlight=False)
+        c.print(f"  {'top negative heads':34s} {fmt.heads(heads['top']['negative'], 5)}", highlight=False)
     # store.where, not db: a database URL's password must not be printed.
     c.print(f"details: vseam show {out.run_id}" + ("" if db == DEFAULT_DB else f" --db {store.where}"), highlight=False, markup=False)
     return 0

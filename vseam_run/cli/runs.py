@@ -7,7 +7,7 @@ query commands colour statuses and print numbers the same way.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich import box
@@ -94,13 +94,9 @@ def metric_header(metric: str) -> str:
     return ".".join(parts[:split]) + "\n" + ".".join(tail)
 
 
-def _fitting_headlines(names: list[str], records: list[RunRecord], width: int) -> list[str]:
-    """The most important headline metrics that fit beside the fixed columns, in name order.
-
-    Rich would rather squeeze every column to an ellipsis than drop one; dropping the
-    least important metrics keeps ids and statuses readable in a narrow terminal.
-    """
-    fixed = (
+def _base_width(records: list[RunRecord]) -> int:
+    """Room the id, name, status, model, created and duration columns need."""
+    return (
         max(len(r.id) for r in records)
         + min(24, max(len(r.name) for r in records))
         + max(len(r.status) for r in records)
@@ -109,6 +105,21 @@ def _fitting_headlines(names: list[str], records: list[RunRecord], width: int) -
         + len("duration")
         + 6 * _COLUMN_GAP
     )
+
+
+def _facets_width(records: list[RunRecord]) -> int:
+    """Room the level / strategy / seed columns need."""
+    cols = [[str(v) for v in run_facets(r).values()] for r in records]
+    return sum(max(len(h), *(len(c[i]) for c in cols)) + _COLUMN_GAP for i, h in enumerate(("level", "strategy", "seed")))
+
+
+def _fitting_headlines(names: list[str], records: list[RunRecord], width: int, show_facets: bool = False) -> list[str]:
+    """The most important headline metrics that fit beside the fixed columns, in name order.
+
+    Rich would rather squeeze every column to an ellipsis than drop one; dropping the
+    least important metrics keeps ids and statuses readable in a narrow terminal.
+    """
+    fixed = _base_width(records) + (_facets_width(records) if show_facets else 0)
     chosen: list[str] = []
     for name in names:
         needed = max(len(line) for line in metric_header(name).splitlines()) + _COLUMN_GAP
@@ -123,8 +134,15 @@ def runs(
     db: DbOption = DEFAULT_DB,
     json_: JsonOption = False,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Show at most this many runs.")] = 50,
+    model: Annotated[Optional[str], typer.Option("--model", help="Only runs of this model (registry name).")] = None,
+    level: Annotated[Optional[str], typer.Option("--level", help="Only runs at this semantic level (object, attribute, relation; 'all' = unset).")] = None,
+    status: Annotated[Optional[str], typer.Option("--status", help="Only runs in this status.")] = None,
+    tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Only runs with this tag (repeat: all of them).")] = None,
+    sweep: Annotated[Optional[str], typer.Option("--sweep", help="Only runs of this sweep id.")] = None,
 ) -> None:
-    """List recorded runs, newest first, with status, model, duration and headline metrics.
+    """List recorded runs, newest first; filter by model, level, status, tag or sweep.
+
+    Columns: status, model, level, strategy, seed, duration and headline metrics.
 
     Examples:
 
@@ -132,19 +150,32 @@ def runs(
 
         vseam runs --db results/runs.db --limit 10
 
-        vseam runs --json | jq '.[0].run_id'
+        vseam runs --level attribute --status succeeded --tag paper
+
+        vseam runs --sweep sweep-20261127-193117-a209 --json | jq '.[].run_id'
     """
+    from vseam_run.store.labels import labels as run_labels
+
+    filtered = any(v is not None for v in (model, level, status, tag, sweep))
     with open_registry(db) as store:
-        records = store.list_runs(limit=limit)
+        every = store.list_runs(limit=None if filtered else limit)
         total = store.count_runs()
+        labels = run_labels(store, [r.id for r in every])
+    records = [r for r in every if run_matches(r, labels[r.id], model, level, status, tag or [], sweep)][:limit]
+    total = total if not filtered else sum(
+        run_matches(r, labels[r.id], model, level, status, tag or [], sweep) for r in every)
     if json_:
-        print_json([run_list_item(r) for r in records])
+        print_json([{**run_list_item(r), **run_facets(r), "tags": labels[r.id].tags, "sweeps": labels[r.id].sweeps}
+                    for r in records])
         return
     out = console()
     if not records:
-        out.print(f"no runs in {escape(store.where)} yet — [bold]vseam run SPEC[/] records one")
+        where = escape(store.where)
+        out.print(f"no runs in {where} match these filters" if filtered else f"no runs in {where} yet — [bold]vseam run SPEC[/] records one")
         return
-    headlines = _fitting_headlines(headline_metrics(records), records, out.width)
+    # Level, strategy and seed tell a sweep's runs apart; they give way before ids and names do.
+    show_facets = _base_width(records) + _facets_width(records) <= out.width
+    headlines = _fitting_headlines(headline_metrics(records), records, out.width, show_facets)
     table = Table(
         title=f"runs in {escape(store.where)}",
         title_justify="left",
@@ -157,6 +188,10 @@ def runs(
     table.add_column("name", overflow="fold", min_width=8)
     table.add_column("status", no_wrap=True)
     table.add_column("model", overflow="fold", min_width=8)
+    if show_facets:
+        table.add_column("level", no_wrap=True)
+        table.add_column("strategy", no_wrap=True)
+        table.add_column("seed", justify="right", no_wrap=True)
     table.add_column("created (UTC)", no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
     for name in headlines:
@@ -167,6 +202,7 @@ def runs(
             r.name,
             status_text(r.shown_status()),
             r.model_name or "—",
+            *((str(v) if v is not None else "—" for v in run_facets(r).values()) if show_facets else ()),
             format_time(r.created_at, seconds=False),
             run_duration(r),
             *(format_value(r.metric(name)) for name in headlines),
@@ -174,3 +210,26 @@ def runs(
     out.print(table)
     if total > len(records):
         out.print(f"[dim]showing {len(records)} of {total} runs; --limit shows more[/]")
+
+
+def run_facets(run: RunRecord) -> dict[str, object]:
+    """The spec facts runs are told apart by: semantic level, search strategy, seed."""
+    spec = run.spec()
+    data, search = spec.get("data") or {}, spec.get("search") or {}
+    return {
+        "level": (data.get("level") or "all") if isinstance(data, dict) and data else None,
+        "strategy": search.get("strategy") if isinstance(search, dict) else None,
+        "seed": run.seed if run.seed is not None else spec.get("seed"),
+    }
+
+
+def run_matches(run: RunRecord, labels, model: str | None, level: str | None, status: str | None,
+                tags: list[str], sweep: str | None) -> bool:
+    facets = run_facets(run)
+    return (
+        (model is None or run.model_name == model)
+        and (level is None or facets["level"] == level)
+        and (status is None or run.status == status)
+        and all(t in labels.tags for t in tags)
+        and (sweep is None or sweep in labels.sweeps)
+    )

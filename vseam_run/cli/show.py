@@ -39,6 +39,11 @@ def show(run: RunArgument, db: DbOption = DEFAULT_DB, json_: JsonOption = False)
         return
     out = console()
     out.print(_header(record))
+    out.print(spec_summary(record), highlight=False, markup=False)
+    _print_labels(record.id, db)
+    heads = _top_heads_table(documents.get("heads"), documents.get("heads.uncertainty"))
+    if heads is not None:
+        out.print(heads)
     if record.metrics:
         out.print(_metrics_table(record))
     if stages:
@@ -125,4 +130,66 @@ def _artifacts_table(run: RunRecord) -> Table:
     table.add_column("sha256", style="dim", no_wrap=True)
     for a in run.artifacts:
         table.add_row(a.kind, a.path, a.sha256[:12])
+    return table
+
+
+def spec_summary(run: RunRecord) -> str:
+    """One line of what the spec asked for: data, level, search, modulation, evaluation."""
+    spec = run.spec()
+    data, search, mod = spec.get("data") or {}, spec.get("search"), spec.get("modulation")
+    parts = [f"data {data.get('source', '?')}" + (f" ({data.get('path')})" if data.get("path") else "")
+             + f", level {data.get('level') or 'all'}" + (f", limit {data['limit']}" if data.get("limit") else "")]
+    if spec.get("edit"):
+        parts.append(f"edit {spec['edit'].get('recipe', '?')}")
+    if search:
+        parts.append(f"search {search.get('strategy')} / {search.get('scoring')} / {search.get('ablation')} ablation, "
+                     f"top {search.get('top_k')}")
+    if mod:
+        lam = mod.get("lam")
+        parts.append(f"modulation {mod.get('policy')}" + (f" λ={lam}" if lam is not None else ""))
+    if spec.get("evaluate"):
+        parts.append("evaluate" + (" + ablation" if (spec["evaluate"] or {}).get("ablation") else ""))
+    return "spec: " + "; ".join(parts)
+
+
+def _print_labels(run_id: str, db: str) -> None:
+    from vseam_run.store.labels import labels
+
+    with open_registry(db) as store:
+        lab = labels(store, [run_id])[run_id]
+    out = console()
+    if lab.tags:
+        out.print("tags: " + ", ".join(lab.tags), highlight=False, markup=False)
+    if lab.sweeps:
+        out.print("sweep: " + ", ".join(lab.sweeps), highlight=False, markup=False)
+    for n in lab.notes:
+        out.print("note: " + n, highlight=False, markup=False)
+
+
+def _top_heads_table(heads: dict | None, unc: dict | None) -> Table | None:
+    """Top positive and negative heads as `L3.H4 0.048`, with 95% intervals and top-k stability."""
+    from vseam_run import fmt
+
+    if not heads or "top" not in heads:
+        return None
+    table = Table(title="top heads", title_justify="left", header_style="bold")
+    for col in ("#", "positive", "interval", "stable", "negative", "interval ", "stable "):
+        table.add_column(col.strip(), justify="right" if col in ("#",) else "left")
+    pos, neg = heads["top"].get("positive", []), heads["top"].get("negative", [])
+
+    def cells(kind: str, entry: list | None) -> list[str]:
+        if entry is None:
+            return ["", "", ""]
+        l, h, score = entry
+        if not unc:
+            return [f"{fmt.head(l, h)} {fmt.num(score, 2)}", "", ""]
+        lo, hi = unc["low"][kind][l][h], unc["high"][kind][l][h]
+        return [f"{fmt.head(l, h)} {fmt.num(score, 2)}", f"[{fmt.num(lo, 2)}, {fmt.num(hi, 2)}]",
+                f"{unc['top_k_stability'][kind][l][h]:.0%}"]
+
+    for i in range(max(len(pos), len(neg))):
+        table.add_row(str(i + 1), *cells("positive", pos[i] if i < len(pos) else None),
+                      *cells("negative", neg[i] if i < len(neg) else None))
+    if not pos and not neg:
+        return None
     return table

@@ -115,15 +115,17 @@ def procedural_edit(q: Question, out_dir: Path) -> EditResult:
 
 def make_edits(questions: Iterable[Question], out_dir: Path, progress: bool = True) -> list[EditResult]:
     """Procedural edits for every question, in order, with a progress bar on stderr."""
-    from rich.console import Console
-    from rich.progress import track
+    from vseam_run.progress import progress as bar
 
     qs = list(questions)
-    console = Console(stderr=True)
-    return [
-        procedural_edit(q, out_dir)
-        for q in track(qs, description="procedural edits", disable=not progress, console=console)
-    ]
+    if not progress:
+        return [procedural_edit(q, out_dir) for q in qs]
+    out: list[EditResult] = []
+    with bar("procedural edits", len(qs)) as advance:
+        for q in qs:
+            out.append(procedural_edit(q, out_dir))
+            advance(1)
+    return out
 
 
 # --- helpers ----------------------------------------------------------------------------------

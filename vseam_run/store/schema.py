@@ -153,6 +153,23 @@ class Document(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime)
 
 
+class RunLabel(Base):
+    """A tag, a note or the sweep a run belongs to (``kind`` says which); many per run.
+
+    A table of its own rather than columns on ``runs``: labels are added after a run ends
+    and registries written before it existed get it from ``create_all`` without a migration.
+    """
+
+    __tablename__ = "run_labels"
+    __table_args__ = (Index("ix_run_labels_run", "run_id"), Index("ix_run_labels_kind_value", "kind", "value"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))  # "tag", "note" or "sweep"
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
 # Schema changes, oldest first: MIGRATIONS[v] brings a registry from version v - 1 to v.
 # Plain DDL every supported backend (SQLite, PostgreSQL) understands; new columns are
 # nullable, so rows written by older versions stay valid.
