@@ -187,7 +187,8 @@ ALL_LAYERS = ["exact:0", "exact:1", "exact:2"]
 CASES = [
     ("after-data", after_stage("data"), ALL_LAYERS, set()),
     ("after-baseline", after_stage("baseline"), ALL_LAYERS, set()),
-    ("during-edit", after_rows("edited"), ALL_LAYERS, {"edited"}),
+    # The unfinished edit stage runs again and rewrites what it had written: its rows and documents.
+    ("during-edit", after_rows("edited"), ALL_LAYERS, {"edited", "edits", "edit.skipped", "edit.summary"}),
     ("after-edit", after_stage("edit"), ALL_LAYERS, set()),
     ("mid-search-after-layer-1", after_search_layers(2), ["exact:2"], set()),
     ("search-every-layer-stored", after_search_layers(3), [], set()),
@@ -236,7 +237,8 @@ def test_interrupt_and_resume_equals_uninterrupted(
         if stage not in rewritable:
             assert after_rows_[stage] == ids, f"rows of finished stage {stage} were rewritten"
     for key, stamp in before_docs.items():
-        assert after_docs[key] == stamp, f"document {key} was rewritten"
+        if key not in rewritable:
+            assert after_docs[key] == stamp, f"document {key} of a finished stage was rewritten"
 
 
 # --- what a resume refuses -----------------------------------------------------------------------
