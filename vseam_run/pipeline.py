@@ -28,7 +28,7 @@ from vseam_run.data.base import Question
 from vseam_run.data.toyworld import ToyWorldParams
 from vseam_run.device import resolve_device, resolve_dtype
 from vseam_run.errors import VseamError
-from vseam_run.heads import ablate_heads_edits, scale_edits
+from vseam_run.heads import ablate_heads_edits
 from vseam_run.scoring import Item, ScoredSet, accuracy
 from vseam_run.search import SearchItem, SearchResult, search_heads
 from vseam_run.search.scoring import ranking_matrices
@@ -170,6 +170,7 @@ class _Stages:
         with self.timed("baseline"):
             # One streaming pass: an encoded set of every question would hold GBs for a 7B model.
             rows = ScoredSet.score_once(self.vlm, items, spec.batch_size, "baseline")
+            rows = evaluate.apply_answer_match(rows, spec.evaluate.answer_match if spec.evaluate else "first_token")
             self.store.log_question_results(self.run_id, "baseline", rows)
             self.record(evaluate.summarize(rows).as_metrics("baseline"))
             self.log(f"  baseline accuracy {self.metrics['baseline.accuracy']:.3f} on {len(rows)} questions")
@@ -272,57 +273,37 @@ class _Stages:
 
     # ---- modulation, evaluation, ablation --------------------------------------------------
 
-    def _scales(self, result: SearchResult, lam: float | None = None) -> torch.Tensor:
-        pol = self.spec.modulation
-        m = result.matrices
-        if pol is None or pol.policy == "none":
-            return torch.ones(m.signed.shape)
-        if pol.policy == "topk":
-            return torch.as_tensor(modulate.topk_scales(m.positive, m.negative, pol.k, pol.alpha, pol.beta), dtype=torch.float32)
-        score = modulate.head_score(m.positive, m.negative, m.signed, pol.score)
-        lo, hi = pol.clip
-        return torch.as_tensor(modulate.linear_scales(score, lam, lo, hi, pol.eps), dtype=torch.float32)
+    def _stage_settings(self):
+        from vseam_run.spec import EvaluateSpec
+        from vseam_run.stages.modulate import Settings
+
+        ev = self.spec.evaluate or EvaluateSpec()
+        return Settings(self.spec.modulation, ev.protocol, ev.answer_match, ev.control_draws, ev.bootstrap,
+                        self.spec.batch_size, self.spec.seed, self.spec.name)
+
+    def _sink(self):
+        from vseam_run.stages.modulate import Sink
+
+        return Sink(self.record, lambda key, obj: self.store.put_document(self.run_id, key, obj),
+                    lambda stage, rows: self.store.log_question_results(self.run_id, stage, rows),
+                    self.artifact, self.log, self.art_dir)
 
     def _modulate_and_evaluate(self, result: SearchResult, by_split: dict[str, list[Item]]) -> None:
-        spec, pol = self.spec, self.spec.modulation
-        if not by_split["test"]:
-            raise VseamError("evaluate: the test split is empty", hint="raise data.split.test or use more questions")
-        test = ScoredSet(self.vlm, by_split["test"], spec.batch_size, "test")
-        lam = None
-        if pol is not None and pol.policy == "linear":
-            if pol.lam == "auto":
-                if not by_split["val"]:
-                    raise VseamError("modulation.lam: auto needs a val split", hint="set data.split.val > 0 or give λ as a number")
-                val = ScoredSet(self.vlm, by_split["val"], spec.batch_size, "val")
-                choice = modulate.select_lambda(pol.grid, lambda l: accuracy(val.run(scale_edits(self._scales(result, l)))))
-                lam = choice.best
-                self.store.put_document(self.run_id, "lambda_selection", [{"lam": p.lam, "val_accuracy": p.val_accuracy} for p in choice.table])
-                self.artifact("lambda_curve", report.lambda_curve(choice, self.art_dir / "lambda_curve.png"))
-                self.log("  λ on val: " + ", ".join(f"{p.lam:g}→{p.val_accuracy:.3f}" for p in choice.table) + f"; chose {lam:g}")
-            else:
-                lam = float(pol.lam)
-            self.record({"modulation.lambda": lam})
-        scales = self._scales(result, lam)
-        self.store.put_document(self.run_id, "modulation", {"policy": pol.policy if pol else "none", "lambda": lam,
-                                                            "scales": scales.tolist()})
-        edits = scale_edits(scales)
-        self._compare(test, edits, "eval.test", "test")
-        ev = spec.evaluate
+        from vseam_run.stages import modulate as stage
+
+        self.art_dir.mkdir(parents=True, exist_ok=True)
+        outcome = stage.run(self.vlm, result, by_split, self._stage_settings(), self._sink())
+        ev = self.spec.evaluate
         for extra in (ev.extra if ev else []):
-            self._evaluate_extra(extra, edits)
+            self._evaluate_extra(extra, outcome.edits)
         if ev is not None and ev.ablation is not None:
-            self._ablation(result, test)
+            self._ablation(result, outcome.test)
 
     def _compare(self, scored: ScoredSet, edits, prefix: str, label: str) -> None:
-        base_rows, mod_rows = scored.run(), scored.run(edits)
-        self.store.log_question_results(self.run_id, f"{prefix}.baseline", base_rows)
-        self.store.log_question_results(self.run_id, f"{prefix}.modulated", mod_rows)
-        cmp = evaluate.compare_arms(base_rows, mod_rows, n_boot=self.spec.evaluate.bootstrap if self.spec.evaluate else 2000,
-                                    seed=self.spec.seed)
-        self.record(cmp.as_metrics(prefix))
-        self.store.put_document(self.run_id, f"{prefix}.summary", report.comparison_rows(cmp, context={"dataset": label}))
-        self.log("")
-        self.log(report.comparison_table(cmp, title=f"{label}: baseline vs modulated (n = {cmp.n})"))
+        from vseam_run.stages import modulate as stage
+
+        settings = self._stage_settings()
+        stage.compare(scored, edits, prefix, label, settings, stage.Matcher.for_model(self.vlm, settings.answer_match), self._sink())
 
     def _evaluate_extra(self, extra: ExtraDataSpec, edits) -> None:
         loaded = self._load(extra, extra.toyworld)
