@@ -1,87 +1,128 @@
-"""Run every toy spec under every modulation policy (protocol: both) and print a markdown table.
+"""Every modulation policy on every toy spec, held-out and in-sample, as one markdown table.
 
-    python scripts/policy_table.py --db /tmp/policies.db [--specs specs/toy_*.yaml] [--workdir DIR]
+    python -m scripts.policy_table [specs/toy_*.yaml ...] [--json out.json]   # from the repo root
 
-Each (spec, policy) is one `vseam run SPEC --set modulation=... --set evaluate.protocol=both`;
-the splits depend only on the spec's seed, so every policy of a spec sees the same questions.
-The table is read back from the run registry: held-out (test) and in-sample (search split)
-accuracy gain with the paired 95% bootstrap interval and McNemar p, and the random-head
-control (the policy's scale values on random heads, mean ± sd over the draws).
+Per spec the data, splits, model and head search are made once, exactly as `vseam run` makes
+them (same seed, so every policy sees the same search / val / test questions); then the
+modulation stage (`vseam_run/stages/modulate.py`) runs once per policy with
+`evaluate.protocol: both`. Columns: the parameters chosen on val, the number of heads changed,
+held-out (test split) and in-sample (search split) accuracy baseline → modulated with the gain's
+paired 95% bootstrap interval and McNemar p, and the random-head control (the policy's own scale
+values on random heads: mean ± sd of the gain over the draws). Nothing is recorded in a registry;
+`--json` keeps every metric.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
-import subprocess
+import json
 import sys
+import tempfile
 import time
+from pathlib import Path
+from typing import Any
 
-from vseam_run.store import RunStore
+import torch
 
-POLICIES = {
-    "linear": "{policy: linear, lam: auto}",
-    "topk": "{policy: topk}",
-    "paper": "{policy: paper}",
-    "learned": "{policy: learned}",
+from vseam_run import registry
+from vseam_run.data import load_questions
+from vseam_run.data.toyworld import ToyWorldParams
+from vseam_run.scoring import Item
+from vseam_run.search import SearchItem, search_heads
+from vseam_run.spec import Spec, load_spec
+from vseam_run.splits import split_by_image
+from vseam_run.stages import modulate as stage
+from vseam_run.vlm import VLM
+
+POLICIES: dict[str, dict[str, Any]] = {
+    "linear": {"policy": "linear", "lam": "auto"},
+    "topk": {"policy": "topk"},
+    "paper": {"policy": "paper"},
+    "learned": {"policy": "learned"},
 }
 
 
-def _fmt_gain(m: dict, prefix: str) -> str:
-    gain = m[f"{prefix}.accuracy.modulated"] - m[f"{prefix}.accuracy.baseline"]
-    return (f"{m[f'{prefix}.accuracy.baseline']:.3f} → {m[f'{prefix}.accuracy.modulated']:.3f} ({gain:+.3f}; "
-            f"[{m[f'{prefix}.accuracy.diff_ci_low']:+.3f}, {m[f'{prefix}.accuracy.diff_ci_high']:+.3f}], p {m[f'{prefix}.mcnemar_p']:.2f})")
+def _log(msg: Any) -> None:
+    if isinstance(msg, str) and msg.strip():
+        print(msg, file=sys.stderr, flush=True)
 
 
-def _fmt_control(m: dict, prefix: str) -> str:
+def _prepare(spec: Spec, cache: Path) -> tuple[VLM, Any, dict[str, list[Item]]]:
+    """Model, head-search result and split items, as the pipeline makes them."""
+    d, toy = spec.data, spec.data.toyworld
+    params = ToyWorldParams(seed=toy.seed if toy.seed is not None else spec.seed, images=toy.images, image_size=toy.image_size)
+    loaded = load_questions(d.source, d.path, d.images, level=d.level, categories=d.categories, limit=d.limit,
+                            on_missing_image=d.on_missing_image, toyworld=params, cache_dir=cache)
+    splits = split_by_image(loaded.questions, d.split.model_dump(), spec.seed)
+    vlm = VLM.load(registry.get_entry(spec.model), torch.device("cpu"), torch.float32)
+    by_split: dict[str, list[Item]] = {}
+    for name, qs in splits.items():
+        gold = vlm.answer_token_ids([q.answer for q in qs])
+        by_split[name] = [Item(q.qid, q.load_image(), q.question, q.answer, g, q.category, name) for q, g in zip(qs, gold) if g is not None]
+    s = spec.search
+    result = search_heads(vlm, [SearchItem(it.qid, it.image, it.question, it.gold_id) for it in by_split["search"]],
+                          strategy=s.strategy, scoring=s.scoring, ablation=s.ablation, top_k=s.top_k, verify_k=s.verify_k,
+                          batch_size=spec.batch_size, batch_rows=s.batch_rows)
+    return vlm, result, by_split
+
+
+def _one_policy(spec: Spec, name: str, vlm: VLM, result: Any, by_split: dict[str, list[Item]], art: Path) -> dict[str, Any]:
+    pol = Spec.model_validate({**spec.model_dump(mode="json"), "modulation": POLICIES[name]}).modulation
+    ev = spec.evaluate
+    metrics: dict[str, float] = {}
+    docs: dict[str, Any] = {}
+    sink = stage.Sink(metrics.update, docs.__setitem__, lambda *_: None, lambda *_: None, _log, art)
+    settings = stage.Settings(pol, "both", ev.answer_match if ev else "first_token", ev.control_draws if ev else 5,
+                              ev.bootstrap if ev else 2000, spec.batch_size, spec.seed, spec.name)
+    t0 = time.perf_counter()
+    stage.run(vlm, result, by_split, settings, sink)
+    return {"metrics": metrics, "modulation": {k: v for k, v in docs["modulation"].items() if k != "scales"},
+            "seconds": time.perf_counter() - t0}
+
+
+def _gain(m: dict, prefix: str) -> str:
+    b, a = m[f"{prefix}.accuracy.baseline"], m[f"{prefix}.accuracy.modulated"]
+    return (f"{b:.3f} → {a:.3f} ({a - b:+.3f}; [{m[f'{prefix}.accuracy.diff_ci_low']:+.3f}, "
+            f"{m[f'{prefix}.accuracy.diff_ci_high']:+.3f}], p {m[f'{prefix}.mcnemar_p']:.2f})")
+
+
+def _control(m: dict, prefix: str) -> str:
     if f"{prefix}.control.gain_mean" not in m:
         return "– (no head changed)"
     return f"{m[f'{prefix}.control.gain_mean']:+.3f} ± {m[f'{prefix}.control.gain_sd']:.3f}"
 
 
-def _params(doc: dict) -> str:
-    p = doc.get("policy")
-    if p == "linear":
-        return f"λ = {doc['lambda']:g}"
-    if p == "paper":
-        return f"K = {doc['k']}, λ = {doc['lambda']:g}"
-    if p == "topk":
-        return f"k = {doc['k']}, α = {doc['alpha']:g}, β = {doc['beta']:g}"
-    if p == "learned":
-        return f"epoch {doc['best_epoch']}"
-    return "–"
+def _chosen(doc: dict) -> str:
+    p = doc["policy"]
+    return {"linear": lambda: f"λ = {doc['lambda']:g}", "paper": lambda: f"K = {doc['k']}, λ = {doc['lambda']:g}",
+            "topk": lambda: f"k = {doc['k']}, α = {doc['alpha']:g}, β = {doc['beta']:g}",
+            "learned": lambda: f"epoch {doc['best_epoch']}"}.get(p, lambda: "–")()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--db", required=True)
-    ap.add_argument("--specs", nargs="*", default=sorted(glob.glob("specs/toy_*.yaml")))
-    ap.add_argument("--workdir", default=".vseam")
+    ap.add_argument("specs", nargs="*", default=sorted(glob.glob("specs/toy_*.yaml")))
     ap.add_argument("--policies", nargs="*", default=list(POLICIES))
+    ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    rows = []
-    for spec in args.specs:
-        for pol in args.policies:
-            t0 = time.perf_counter()
-            cmd = [sys.executable, "-m", "vseam_run", "run", spec, "--db", args.db, "--set", f"modulation={POLICIES[pol]}",
-                   "--set", "evaluate.protocol=both", "--set", f"workdir={args.workdir}"]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
-                return proc.returncode
-            with RunStore(args.db) as store:
-                run = store.list_runs(limit=1)[0]
-                doc = store.get_document(run.id, "modulation")
-                m = store.get_run(run.id).metrics
-            rows.append((spec.split("/")[-1].removesuffix(".yaml"), pol, _params(doc), int(m["modulation.heads_changed"]),
-                         _fmt_gain(m, "eval.test"), _fmt_control(m, "eval.test"),
-                         _fmt_gain(m, "eval.in_sample"), _fmt_control(m, "eval.in_sample"), time.perf_counter() - t0, run.id))
-            print(f"done {rows[-1][0]} {pol} in {rows[-1][-2]:.0f}s", file=sys.stderr, flush=True)
-    print("| spec | policy | chosen | heads changed | held-out test: baseline → modulated (gain; 95% CI, McNemar p) "
-          "| held-out control gain | in-sample (search split): baseline → modulated (gain; 95% CI, p) | in-sample control gain | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print("| " + " | ".join(str(x) for x in r[:8]) + f" | {r[8]:.0f} |")
+    out: dict[str, dict[str, Any]] = {}
+    print("| spec | policy | chosen on val | heads changed | held-out test: baseline → modulated (gain; 95% CI, McNemar p) "
+          "| control | in-sample (search split): baseline → modulated (gain; 95% CI, p) | control |")
+    print("|---|---|---|---|---|---|---|---|", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in args.specs:
+            spec = load_spec(Path(path))
+            vlm, result, by_split = _prepare(spec, Path(tmp) / "cache")
+            for name in args.policies:
+                r = _one_policy(spec, name, vlm, result, by_split, Path(tmp))
+                out.setdefault(spec.name, {})[name] = r
+                m = r["metrics"]
+                print(f"| {spec.name} | {name} | {_chosen(r['modulation'])} | {int(m['modulation.heads_changed'])} | "
+                      f"{_gain(m, 'eval.test')} | {_control(m, 'eval.test')} | {_gain(m, 'eval.in_sample')} | "
+                      f"{_control(m, 'eval.in_sample')} |", flush=True)
+                if args.json:
+                    args.json.write_text(json.dumps(out, indent=1, default=str))
     return 0
 
 
