@@ -432,7 +432,7 @@ SEARCH_SPEC = BASELINE_SPEC + "search: {{strategy: exact, scoring: signed}}\n"
 
 
 def test_failure_mid_way_is_recorded(capsys, here, tiny_llava_entry, monkeypatch):
-    def broken_search(self, items):
+    def broken_search(self, *args):
         raise RuntimeError("search exploded")
 
     monkeypatch.setattr(pipeline._Stages, "_search", broken_search)
@@ -457,7 +457,7 @@ def test_interrupt_then_resume(capsys, here, tiny_llava_entry, monkeypatch):
     spec = here / "spec.yaml"
     spec.write_text(SEARCH_SPEC.format(name="resumable", model=tiny_llava_entry))
     db = here / "runs.db"
-    real_save = pipeline._StoreCheckpointer.save
+    real_save = pipeline.StageCheckpointer.save
     saved: list[str] = []
 
     def save_then_interrupt(self, key, payload):
@@ -465,7 +465,7 @@ def test_interrupt_then_resume(capsys, here, tiny_llava_entry, monkeypatch):
         saved.append(key)
         raise KeyboardInterrupt  # Ctrl-C right after the first layer of the search is stored
 
-    monkeypatch.setattr(pipeline._StoreCheckpointer, "save", save_then_interrupt)
+    monkeypatch.setattr(pipeline.StageCheckpointer, "save", save_then_interrupt)
     rc, out, err = call(capsys, "run", spec, "--db", db)
     assert rc == 130 and "Traceback" not in out + err
     assert "--resume" in out
@@ -479,7 +479,7 @@ def test_interrupt_then_resume(capsys, here, tiny_llava_entry, monkeypatch):
         real_save(self, key, payload)
         saved.append(key)
 
-    monkeypatch.setattr(pipeline._StoreCheckpointer, "save", save_and_note)
+    monkeypatch.setattr(pipeline.StageCheckpointer, "save", save_and_note)
     rc, out, err = call(capsys, "run", "--resume", run_id, "--db", db)
     assert rc == 0, err
     assert saved == ["exact:0", "exact:1", "exact:2"]  # layer 0 came from the checkpoint
@@ -499,3 +499,200 @@ def test_interrupt_then_resume(capsys, here, tiny_llava_entry, monkeypatch):
     # A succeeded run has nothing to resume.
     rc, out, err = call(capsys, "run", "--resume", run_id, "--db", db)
     assert_user_error(rc, out, err, "already succeeded")
+
+
+# --- usage errors: usage line + message, exit 2, never a traceback (issue 9) --------------------
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        ([], "Usage: vseam"),  # bare `vseam`: the help, on stderr, exit 2
+        (["nope"], "No such command 'nope'"),
+        (["--bogus"], "No such option: --bogus"),
+        (["runs", "--bogus"], "No such option: --bogus"),
+        (["show"], "Missing argument"),
+        (["runs", "--limit", "abc"], "Invalid value for '--limit'"),
+        (["compare", "only-one"], "Missing argument 'run_b'"),
+        (["specs", "cp"], "Missing argument"),
+    ],
+    ids=["bare", "unknown-command", "unknown-option", "unknown-sub-option", "missing-arg", "limit-abc", "compare-one", "specs-cp"],
+)
+def test_usage_errors_exit_2_without_traceback(capsys, argv, fragment):
+    rc, out, err = call(capsys, *argv)
+    assert rc == 2, (rc, out, err)
+    assert "Traceback" not in out + err and 'File "' not in out + err
+    assert "Usage: vseam" in out + err and fragment in out + err, (out, err)
+
+
+def test_usage_error_in_a_real_process():
+    """The installed entry point, not just the in-process function: exit 2, usage on stderr."""
+    proc = subprocess.run([sys.executable, "-m", "vseam_run", "runs", "--limit", "abc"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc
+    assert "Usage: vseam runs" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_version(capsys):
+    from vseam_run import __version__
+
+    rc, out, err = call(capsys, "--version")
+    assert rc == 0 and out.strip() == f"vseam {__version__}", (out, err)
+
+
+def test_usage_errors_are_caught_by_behaviour_whatever_click_raised_them(capsys, monkeypatch):
+    """A click-like exception from a click the code does not import (e.g. typer's vendored
+    copy in another version): recognised by `.show()` and `.exit_code`, not by class."""
+    from vseam_run.cli import main
+
+    class ForeignUsageError(Exception):
+        exit_code = 2
+
+        def show(self) -> None:
+            print("Usage: vseam runs [OPTIONS]\nError: from a foreign click", file=sys.stderr)
+
+    def raise_foreign(*a, **k):
+        raise ForeignUsageError()
+
+    from vseam_run.cli import runs
+
+    call(capsys, "--help")  # registers the commands
+    monkeypatch.setattr(runs, "open_registry", raise_foreign)
+    rc, out, err = call(capsys, "runs")
+    assert rc == 2 and "from a foreign click" in err and "Traceback" not in err
+    # typer's Exit/Abort and click's (when click is installed) are both handled as such.
+    import typer
+
+    assert typer.Exit in main._EXIT and typer.Abort in main._ABORT
+    try:
+        import click
+    except ImportError:
+        pass
+    else:
+        assert click.exceptions.Exit in main._EXIT and click.exceptions.Abort in main._ABORT
+
+
+def test_ctrl_c_before_a_run_starts_prints_one_line(capsys, here, tiny_llava_entry, monkeypatch):
+    def interrupted(spec):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "preflight", interrupted)
+    rc, out, err = call(capsys, "run", write_spec(here, tiny_llava_entry), "--db", here / "runs.db")
+    assert rc == 130
+    assert "Traceback" not in out + err
+    assert (out + err).strip() == "interrupted"
+    assert not (here / "runs.db").exists()  # nothing was started, nothing created
+
+
+def test_ctrl_c_during_a_run_prints_one_line(capsys, here, tiny_llava_entry, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline.ScoredSet, "score_once", interrupted)  # Ctrl-C in the baseline
+    spec = here / "spec.yaml"
+    spec.write_text(BASELINE_SPEC.format(name="ctrl-c", model=tiny_llava_entry))
+    rc, out, err = call(capsys, "run", spec, "--db", here / "runs.db")
+    assert rc == 130 and "Traceback" not in out + err
+    lines = [l for l in (out + err).splitlines() if "interrupt" in l]
+    assert len(lines) == 1 and "--resume" in lines[0], out + err
+
+
+# --- the run registry is opened only for an accepted spec (issue 9) ------------------------------
+
+
+def test_empty_db_is_refused(capsys, here, tiny_llava_entry):
+    rc, out, err = call(capsys, "run", write_spec(here, tiny_llava_entry), "--db", "")
+    assert_user_error(rc, out, err, "--db is empty")
+    assert sorted(p.name for p in here.iterdir()) == ["spec.yaml"]
+
+
+@pytest.mark.parametrize(
+    "extra", ["serch: {}\n", "evaluate: {ablation: {k: 500}}\nsearch: {}\n"], ids=["invalid-spec", "preflight-problem"]
+)
+def test_no_registry_file_for_a_rejected_spec(capsys, here, tiny_llava_entry, extra):
+    rc, out, err = call(capsys, "run", write_spec(here, tiny_llava_entry, extra), "--db", here / "new.db")
+    assert rc == 2 and "Traceback" not in out + err
+    assert not (here / "new.db").exists() and not (here / ".vseam").exists()
+
+
+def test_resume_does_not_create_a_registry(capsys, here):
+    rc, out, err = call(capsys, "run", "--resume", "latest", "--db", here / "nowhere.db")
+    assert_user_error(rc, out, err, "no run registry at")
+    assert not (here / "nowhere.db").exists()
+
+
+# --- shipped specs: `vseam specs`, `vseam run NAME` (issue 9) -------------------------------------
+
+
+def test_specs_list_show_and_copy(capsys, here):
+    from vseam_run.shipped import shipped_specs
+
+    rc, out, _ = call(capsys, "specs", "--json")
+    listed = {s["name"]: s for s in json.loads(out)}
+    assert rc == 0 and "quickstart" in listed and set(listed) == set(shipped_specs())
+    assert listed["quickstart"]["description"].startswith("The quickstart")
+    rc, out, _ = call(capsys, "specs", "show", "quickstart")
+    assert rc == 0 and out == shipped_specs()["quickstart"].read_text()
+
+    rc, out, _ = call(capsys, "specs", "cp", "quickstart")
+    assert rc == 0 and (here / "quickstart.yaml").read_text() == shipped_specs()["quickstart"].read_text()
+    (here / "exp").mkdir()
+    rc, out, _ = call(capsys, "specs", "cp", "toy_llava_object", "exp")
+    assert rc == 0 and (here / "exp" / "toy_llava_object.yaml").is_file()
+    rc, out, err = call(capsys, "specs", "cp", "quickstart")  # never overwrites silently
+    assert_user_error(rc, out, err, "quickstart.yaml already exists", "--force")
+    (here / "quickstart.yaml").write_text("edited")
+    rc, out, _ = call(capsys, "specs", "cp", "quickstart", "--force")
+    assert rc == 0 and (here / "quickstart.yaml").read_text() != "edited"
+    rc, out, err = call(capsys, "specs", "cp", "quikstart", "x.yaml")
+    assert_user_error(rc, out, err, "no shipped spec named 'quikstart'", "did you mean quickstart")
+
+
+def test_a_bare_name_runs_the_shipped_spec_from_any_folder(capsys, here, monkeypatch):
+    from vseam_run.shipped import resolve_spec, shipped_specs
+
+    assert resolve_spec(Path("quickstart")) == shipped_specs()["quickstart"]
+    assert resolve_spec(Path("quickstart.yaml")) == shipped_specs()["quickstart"]
+    (here / "quickstart.yaml").write_text("a local file wins")
+    assert resolve_spec(Path("quickstart.yaml")) == Path("quickstart.yaml")
+    assert resolve_spec(Path("sub/quickstart.yaml")) == Path("sub/quickstart.yaml")  # a path stays a path
+    rc, out, err = call(capsys, "validate", "toy_llava_object")  # the full check, from this folder
+    assert rc == 0 and "ok" in out, err
+    # `vseam run NAME` reads the shipped file (stopped right after the spec is loaded).
+    seen = []
+    monkeypatch.setattr(pipeline, "preflight", lambda spec: seen.append(spec.name) or (_ for _ in ()).throw(KeyboardInterrupt))
+    rc, out, err = call(capsys, "run", "quickstart", "--db", here / "runs.db")
+    assert rc == 130 and seen == ["quickstart"]
+    rc, out, err = call(capsys, "run", "quikstart", "--db", here / "runs.db")
+    assert_user_error(rc, out, err, "did you mean quickstart")
+
+
+# --- zoo train writes to a user folder (issue 9) --------------------------------------------------
+
+
+def test_zoo_train_writes_to_a_user_folder(capsys, here, monkeypatch):
+    import vseam_run.zoo.train as zoo_train
+    from vseam_run.registry import get_entry
+
+    targets: list[Path] = []
+
+    def fake_train(name, out_dir, **kwargs):  # the training itself is tested in test_zoo.py
+        targets.append(Path(out_dir))
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return {"steps_run": 0, "train_seconds": 0.0, "held_out_accuracy": {"overall": 1.0}}
+
+    monkeypatch.setattr(zoo_train, "train", fake_train)
+    monkeypatch.setenv("VSEAM_ZOO", str(here / "zoo"))
+    rc, out, err = call(capsys, "zoo", "train", "toy-llava")
+    assert rc == 0, err
+    assert targets == [here / "zoo" / "toy-llava"]
+    entry = get_entry(str(here / "zoo" / "toy-llava" / "entry.yaml"))
+    assert entry.resolved_path() == here / "zoo" / "toy-llava" and "entry.yaml" in out
+    rc, out, err = call(capsys, "zoo", "train", "toy-llava", "--out", "mine")
+    assert rc == 0 and targets[-1] == here / "mine"
+    rc, out, err = call(capsys, "zoo", "train", "toy-llava", "--in-place")
+    assert rc == 0 and targets[-1] == zoo_train.ZOO_DIR / "toy-llava"
+    monkeypatch.delenv("VSEAM_ZOO")
+    monkeypatch.setenv("HOME", str(here / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    rc, out, err = call(capsys, "zoo", "train", "toy-instructblip")
+    assert rc == 0 and targets[-1] == here / "home" / ".cache" / "vseam" / "zoo" / "toy-instructblip"

@@ -8,15 +8,13 @@ does not depend on the other command modules.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-import click
 import pytest
 import typer
 
 from vseam_run.cli import compare, runs, show
-from vseam_run.errors import VseamError
+from vseam_run.cli.main import run_app
 from vseam_run.store import RunStore
 
 SPEC_A = """\
@@ -42,16 +40,8 @@ def _app() -> typer.Typer:
 
 
 def invoke(argv: list[str]) -> int:
-    """Run one command like `vseam` does: a VseamError prints and returns 2."""
-    try:
-        rv = _app()(args=argv, prog_name="vseam", standalone_mode=False)
-    except VseamError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except click.ClickException as e:
-        e.show()
-        return 2
-    return rv if isinstance(rv, int) else 0
+    """Run one command like `vseam` does (VseamError and usage errors print and return 2)."""
+    return run_app(_app(), argv)
 
 
 @pytest.fixture

@@ -208,3 +208,42 @@ def test_malformed_files(images: Path, tmp_path: Path) -> None:
     shutil.copy(FIXTURES / "cocoqa_color.csv", unnamed)
     with pytest.raises(VseamError, match="cannot tell the question type"):
         load_questions("cocoqa", unnamed, images)
+
+
+def test_truncated_jpeg_is_skipped_when_asked(images: Path) -> None:
+    """verify() reads only the header of a JPEG, so a cut-off file passes it; the check decodes."""
+    target = images / "2377940.jpg"
+    Image.frombytes("RGB", (128, 128), bytes(range(256)) * 192).save(target, quality=95)
+    target.write_bytes(target.read_bytes()[: target.stat().st_size * 2 // 3])  # cut inside the pixel data
+    with Image.open(target) as im:
+        im.verify()  # the premise: verify() alone does not notice
+    path = FIXTURES / "gqa_attribute_color.json"
+    with pytest.raises(VseamError, match="09143711: corrupt image"):
+        load_questions("gqa", path, images)
+    res = load_questions("gqa", path, images, on_missing_image="skip")
+    assert res.skipped and res.skipped[0][0] == "09143711" and "corrupt image" in res.skipped[0][1]
+    assert "09143711" not in {q.qid for q in res.questions}
+    for q in res.questions:  # everything kept can be read by the later stages
+        q.load_image()
+
+
+def test_check_question_files_parses_without_opening_images(images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vseam_run.data as data
+    from vseam_run.data import check_question_files
+
+    monkeypatch.setattr(data._ImageChecker, "_check", staticmethod(lambda p: pytest.fail("no image may be opened")))
+    assert check_question_files("gqa", FIXTURES / "gqa_attribute_color.json", images) == 12
+    assert check_question_files("cocoqa", FIXTURES / "cocoqa_color.csv", images, categories=["color"]) > 0
+    # A COCO-QA file whose name does not tell its question type.
+    odd = tmp_path / "cocoqa_misc.csv"
+    shutil.copy(FIXTURES / "cocoqa_color.csv", odd)
+    with pytest.raises(VseamError, match=r"cocoqa_misc\.csv: cannot tell the question type"):
+        check_question_files("cocoqa", odd, images)
+    # GQA records without a semantic type and no data.level.
+    untyped = tmp_path / "untyped.json"
+    untyped.write_text(json.dumps([{"question_id": "u1", "imageId": "2377940", "question": "What?", "answer": "x"}]))
+    with pytest.raises(VseamError, match=r"untyped\.json: cannot tell the type of any question"):
+        check_question_files("gqa", untyped, images)
+    # Filters that keep nothing.
+    with pytest.raises(VseamError, match="no question matches level relation"):
+        check_question_files("gqa", FIXTURES / "gqa_attribute_color.json", images, level="relation")

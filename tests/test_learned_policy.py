@@ -106,10 +106,10 @@ def test_control_runs_the_policy_values_on_random_heads(tmp_path: Path):
     sink = stage.Sink(logged.update, lambda k, v: logged.__setitem__(k, v), lambda *a: None, lambda *a: None,
                       lambda *a: None, tmp_path)
     settings = stage.Settings(policy=None, control_draws=4, seed=0)
-    res = stage.control(rec, stage.Chosen(scales, {}), rec.run(), 0.0, "eval.test", settings, stage.Matcher(), sink)
+    res = stage.control(rec, scales, rec.run(), 0.0, "eval.test", settings, stage.Matcher(), sink)
     assert len(res.gains) == 4 and logged["eval.test.control.draws"] == 4
     for values in rec.seen[1:]:
         # Every draw changes the same two heads by the same two values (layers all-1 are skipped).
         assert sorted(v for v in values if v != 1.0) == [0.5, 1.5]
     # Nothing to control when the policy changes nothing.
-    assert stage.control(rec, stage.Chosen(torch.ones(3, 4), {}), rec.run(), 0.0, "x", settings, stage.Matcher(), sink) is None
+    assert stage.control(rec, torch.ones(3, 4), rec.run(), 0.0, "x", settings, stage.Matcher(), sink) is None

@@ -170,3 +170,14 @@ def test_models_show_unknown_exits_2(capsys):
     captured = capsys.readouterr()
     assert "did you mean llava-1.5-7b" in captured.err
     assert "Traceback" not in captured.out + captured.err
+
+
+@pytest.mark.parametrize("cls", ["TrainingArguments", "AutoTokenizer", "LlavaProcessor"])
+def test_model_class_must_be_a_model(tmp_path, cls):
+    """A class in the namespace is not enough: only a model can be loaded as the VLM."""
+    (err,) = entry_errors(write(tmp_path, model_class=cls))
+    assert err.startswith("model_class: ") and f"'{cls}' is not a model class" in err
+
+
+def test_auto_model_classes_are_models(tmp_path):
+    assert registry.load_entry_file(write(tmp_path, model_class="AutoModelForImageTextToText")).model_class == "AutoModelForImageTextToText"

@@ -115,13 +115,20 @@ class _MemoryCheckpoint:
             raise KeyboardInterrupt
 
 
+@pytest.mark.parametrize("stored", [1, 2, "all"], ids=["after-1-layer", "after-2-layers", "every-layer-stored"])
 @pytest.mark.parametrize("strategy", ["exact", "reference", "attribution+verify"])
-def test_resume_gives_identical_matrices(tiny_vlm, items, strategy):
-    full = search_heads(tiny_vlm, items, strategy=strategy, top_k=2, verify_k=4)
-    ck = _MemoryCheckpoint(fail_after=1)
+def test_resume_gives_identical_matrices(tiny_vlm, items, strategy, stored):
+    """Interrupted after `stored` layers were checkpointed ("all": every layer, the case where
+    exact search used to leave layers 1… at zero), the resumed search equals the full one."""
+    counting = _MemoryCheckpoint()
+    full = search_heads(tiny_vlm, items, strategy=strategy, top_k=2, verify_k=4, checkpoint=counting)
+    assert (np.abs(full.effects).max(axis=(0, 2)) > 1e-4).all(), "every layer must have effects, or zeros would pass"
+    stored = len(counting.saved) if stored == "all" else stored
+    assert len(counting.saved) >= stored >= 1
+    ck = _MemoryCheckpoint(fail_after=stored)
     with pytest.raises(KeyboardInterrupt):
         search_heads(tiny_vlm, items, strategy=strategy, top_k=2, verify_k=4, checkpoint=ck)
-    assert len(ck.saved) == 1
+    assert len(ck.saved) == stored
     ck.fail_after = None
     resumed = search_heads(tiny_vlm, items, strategy=strategy, top_k=2, verify_k=4, checkpoint=ck)
     np.testing.assert_array_equal(resumed.effects, full.effects)

@@ -58,11 +58,28 @@ def test_shipped_spec_validates(path: Path):
 
 
 def test_validate_command_accepts_every_shipped_file(capsys):
+    """--spec-only: the GPU specs are for another machine (CUDA, 7B weights, GQA on disk)."""
     from vseam_run.cli.main import cli
 
-    assert cli(["validate", *map(str, SPECS + ENTRIES)]) == 0
+    assert cli(["validate", "--spec-only", *map(str, SPECS + ENTRIES)]) == 0
     out = capsys.readouterr().out
     assert out.count("ok") == len(SPECS) + len(ENTRIES)
+
+
+def test_validate_checks_the_machine_by_default(capsys, tmp_path, monkeypatch):
+    """Without --spec-only a spec is checked as `vseam run` would before loading the model: the
+    toy specs can run here; a GPU spec names each thing this machine lacks, all at once."""
+    from vseam_run.cli.main import cli
+
+    monkeypatch.chdir(tmp_path)  # relative data paths and workdirs resolve here
+    toy = [p for p in SPECS if p.stem.startswith("toy_") or p.stem == "quickstart"]
+    assert toy and cli(["validate", *map(str, toy)]) == 0
+    capsys.readouterr()
+    gpu = REPO / "specs" / "llava_attributes.yaml"
+    assert cli(["validate", str(gpu)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot run on this machine" in err
+    assert "data.path: question file not found" in err and "evaluate.extra.1.path" in err
 
 
 @pytest.mark.parametrize("path", ENTRIES, ids=lambda p: p.name)
@@ -333,3 +350,74 @@ def test_content_hash_tracks_content():
     a, b = validate(BASE), validate(BASE, ["seed=1"])
     assert a.content_hash() == validate(BASE).content_hash()
     assert a.content_hash() != b.content_hash()
+
+
+# --- values found only after the whole search before issue 9 ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra, path, fragment",
+    [
+        ("seed: -1\n", "seed", "greater than or equal to 0"),
+        ("search: {}\nmodulation: {lam: auto, grid: []}\n", "modulation.grid", "the λ grid is empty"),
+        ("search: {}\nmodulation: {lam: auto, grid: [0, .nan, 1]}\n", "modulation.grid", "finite numbers (got nan)"),
+        ("search: {}\nmodulation: {lam: auto, grid: [0, .inf]}\n", "modulation.grid", "finite numbers (got inf)"),
+        ("search: {}\nmodulation: {lam: .nan}\n", "modulation.lam", "must be a finite number"),
+    ],
+    ids=["negative-seed", "empty-grid", "nan-grid", "inf-grid", "nan-lam"],
+)
+def test_unusable_values_are_spec_errors(extra, path, fragment):
+    err = only_error(BASE + extra)
+    assert err.startswith(f"{path}: ") and fragment in err, err
+
+
+def test_preflight_reports_every_machine_problem_at_once(tmp_path, monkeypatch):
+    """Head counts from the model's config (no weights), the workdir and the extra datasets'
+    question files: all found before anything loads, in one error."""
+    import vseam_run.vlm
+    from vseam_run import pipeline
+    from vseam_run.errors import VseamError
+
+    monkeypatch.setattr(vseam_run.vlm.VLM, "load", lambda *a, **k: pytest.fail("the model must not load"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "cocoqa_misc.csv").write_text(",id,q,a\n0,1,What is it,cat\n")
+    spec = validate(
+        BASE
+        + "workdir: a-file/work\n"
+        + "search: {top_k: 100}\n"
+        + "modulation: {policy: topk, k: 49}\n"
+        + "evaluate:\n  ablation: {k: 50}\n"
+        + "  extra: [{name: odd, source: cocoqa, path: cocoqa_misc.csv, images: images}]\n"
+    )
+    with pytest.raises(VseamError) as info:
+        pipeline.preflight(spec)
+    message = str(info.value)
+    for fragment in (
+        "search.top_k: 100 heads asked for, but toy-llava has 6 layers × 8 heads = 48",
+        "modulation.k: 49 heads asked for",
+        "evaluate.ablation.k: 50 heads asked for",
+        "workdir: a-file/work cannot be a folder: its parent a-file is a file",
+        "evaluate.extra.0: cocoqa_misc.csv: cannot tell the question type",
+    ):
+        assert fragment in message, (fragment, message)
+    assert not (tmp_path / "a-file.d").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "cocoqa_misc.csv", "images"]
+    # The same spec within the model's 48 heads and a usable workdir passes.
+    ok = validate(BASE + "search: {top_k: 48}\nevaluate:\n  ablation: {k: 48}\n")
+    entry, device = pipeline.preflight(ok)
+    assert entry.name == "toy-llava" and device.type == "cpu"
+
+
+@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root may write anywhere")
+def test_unwritable_workdir(tmp_path):
+    from vseam_run.checks import workdir_problems
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        (problem,) = workdir_problems(locked / "work")
+        assert "workdir: cannot write to" in problem and str(locked) in problem
+    finally:
+        locked.chmod(0o700)

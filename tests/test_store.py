@@ -199,3 +199,154 @@ def test_parent_folders_created_and_url_and_memory(tmp_path: Path) -> None:
         assert len(s.list_runs()) == 1
     with RunStore(":memory:") as s:
         assert s.list_runs() == []
+
+
+# --- opening a registry: timeout, driver, masked passwords, hints that match (issue 9) -----------
+
+import socket  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+from vseam_run.store import connect  # noqa: E402
+
+PASSWORD = "s3cr3t-pw"
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP server on 127.0.0.1 that accepts connections and never says a word."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+                held.append(conn)  # kept open, never answered
+            except (TimeoutError, OSError):
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join(2)
+    for c in held:
+        c.close()
+    server.close()
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_empty_db_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for empty in ("", "  "):
+        with pytest.raises(VseamError, match="--db is empty"):
+            RunStore(empty)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_hanging_server_times_out_with_a_clear_error(silent_server: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("psycopg")
+    monkeypatch.setenv("VSEAM_DB_TIMEOUT", "1")
+    t0 = time.monotonic()
+    with pytest.raises(VseamError) as err:
+        RunStore(f"postgresql+psycopg://vseam:{PASSWORD}@127.0.0.1:{silent_server}/runs")
+    elapsed = time.monotonic() - t0
+    assert elapsed < 8, elapsed  # bounded: the driver's 2 s minimum plus our grace, not forever
+    message = str(err.value)
+    assert "cannot connect to run registry" in message and "VSEAM_DB_TIMEOUT" in message
+    assert PASSWORD not in message and "vseam:***@127.0.0.1" in message
+
+
+def test_first_connect_watchdog_covers_drivers_without_a_timeout() -> None:
+    """Whatever the driver does, a connection attempt that never returns is given up on."""
+    release = threading.Event()
+
+    class Stuck:
+        def connect(self):
+            release.wait(30)
+            raise RuntimeError("released")
+
+    t0 = time.monotonic()
+    with pytest.raises(VseamError, match="no answer within 0.5 s"):
+        connect.first_connect(Stuck(), "db://host/x", 0.5)  # type: ignore[arg-type]
+    assert time.monotonic() - t0 < 5
+    release.set()
+
+
+def test_refused_connection_hint_and_masked_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("psycopg")
+    monkeypatch.setenv("VSEAM_DB_TIMEOUT", "3")
+    with pytest.raises(VseamError) as err:
+        RunStore(f"postgresql+psycopg://vseam:{PASSWORD}@127.0.0.1:{_closed_port()}/runs")
+    message = str(err.value)
+    assert "cannot connect" in message and "server is running" in message
+    assert PASSWORD not in message and "--db with a writable path" not in message
+
+
+def test_missing_driver_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg → ImportError
+    with pytest.raises(VseamError) as err:
+        RunStore(f"postgresql+psycopg://vseam:{PASSWORD}@db.example/runs")
+    message = str(err.value)
+    assert 'pip install "vseam[postgres]"' in message and "driver is not installed" in message
+    assert PASSWORD not in message
+    # ... and that extra exists and pulls a psycopg driver.
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert re.search(r'^postgres = \["psycopg\[binary\]>=3\.1"\]$', pyproject, re.M)
+
+
+def test_invalid_url_is_masked() -> None:
+    with pytest.raises(VseamError) as err:
+        RunStore(f"postgres ql://vseam:{PASSWORD}@host/db")
+    assert "not a valid SQLAlchemy URL" in str(err.value) and PASSWORD not in str(err.value)
+
+
+def test_bad_timeout_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("VSEAM_DB_TIMEOUT", "soon")
+    with pytest.raises(VseamError, match="VSEAM_DB_TIMEOUT='soon'"):
+        RunStore(str(tmp_path / "runs.db"))
+
+
+def test_not_a_registry_file_gets_its_own_hint(tmp_path: Path) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"these are my notes, not a database " * 100)
+    with pytest.raises(VseamError) as err:
+        RunStore(str(path))
+    assert "is not a usable run registry" in str(err.value) and "vseam registry file" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "driver_message, expected, hint",
+    [
+        ('FATAL: password authentication failed for user "vseam" (password s3cr3t-pw)', "permission denied", "user name and password"),
+        ("permission denied for schema public", "permission denied", "may create tables"),
+        ('connection to server at "db", port 5432 failed: Connection refused', "cannot connect", "server is running"),
+        ('database "runs" does not exist', "cannot connect", "database name"),
+        ("file is not a database", "not a usable run registry", "vseam registry file"),
+    ],
+)
+def test_each_failure_gets_the_hint_that_fits(driver_message: str, expected: str, hint: str) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    error = OperationalError("connect", {}, Exception(driver_message))
+    message = str(connect.classify("postgresql://vseam:***@db/runs", error, is_sqlite=False, password=PASSWORD, timeout=10))
+    assert expected in message and hint in message, message
+    assert PASSWORD not in message
+
+
+def test_every_password_in_a_message_is_masked() -> None:
+    assert connect.mask(f"postgresql://u:{PASSWORD}@h/db failed") == "postgresql://u:***@h/db failed"
+    assert connect.mask(f"auth failed for {PASSWORD}", PASSWORD) == "auth failed for ***"

@@ -3,8 +3,12 @@
 Only this module knows the order: data → edits → baseline → head search → modulation →
 held-out evaluation → ablation validation. Each stage is library code that takes what the
 earlier ones produced; this module feeds them and writes their results to the store as soon
-as each is done, so a failure or Ctrl-C loses nothing already computed, and `--resume`
-continues a head search from its next unfinished layer.
+as each is done, so a failure, Ctrl-C or SIGTERM loses nothing already computed.
+
+Each stage runs through the run's `StageLedger` (see `vseam_run.ledger`) with a fingerprint
+of its inputs (`vseam_run.fingerprint`): `--resume` takes a finished stage's stored outputs
+instead of recomputing it (its stored rows are never written again), continues a head search
+from its next unfinished layer, and refuses to mix results of different inputs.
 """
 
 from __future__ import annotations
@@ -22,20 +26,22 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from vseam_run import evaluate, modulate, registry, report
+from vseam_run import evaluate, lifecycle, modulate, registry, report
 from vseam_run.data import LoadResult, load_questions
 from vseam_run.data.base import Question
 from vseam_run.data.toyworld import ToyWorldParams
 from vseam_run.device import resolve_device, resolve_dtype
 from vseam_run.errors import VseamError
+from vseam_run.fingerprint import Fingerprint, fingerprint, items_part, model_part, questions_part, spec_changes
 from vseam_run.heads import ablate_heads_edits
+from vseam_run.ledger import StageCheckpointer, StageLedger
 from vseam_run.scoring import Item, ScoredSet, accuracy
 from vseam_run.search import SearchItem, SearchResult, search_heads
 from vseam_run.search.scoring import ranking_matrices
-from vseam_run.spec import ExtraDataSpec, Spec, data_file_problems
+from vseam_run.spec import ExtraDataSpec, Spec
 from vseam_run.splits import split_by_image
 from vseam_run.store import RunStore
-from vseam_run.vlm import VLM, weights_source
+from vseam_run.vlm import VLM
 
 Log = Callable[[Any], None]  # takes strings and rich renderables (tables)
 
@@ -62,45 +68,69 @@ class RunOutcome:
     metrics: dict[str, float]
 
 
-class _StoreCheckpointer:
-    """Saves each finished search layer in the registry (the search's Checkpointer)."""
-
-    def __init__(self, store: RunStore, run_id: str, stage: str) -> None:
-        self.store, self.run_id, self.stage = store, run_id, stage
-
-    def load(self) -> dict[str, Any]:
-        return self.store.load_checkpoints(self.run_id, self.stage)
-
-    def save(self, key: str, payload: Any) -> None:
-        self.store.save_checkpoint(self.run_id, self.stage, key, payload)
+__all__ = ["RunOutcome", "StageCheckpointer", "preflight", "run"]
 
 
 def preflight(spec: Spec) -> tuple[registry.ModelEntry, torch.device]:
-    """Everything a run needs that can be checked before loading anything: the device, the
-    model weights and the data files. All problems are reported together, at once."""
+    """Everything a run needs that can be checked before loading anything (checks.py): the
+    device, the weights, head counts against the model's config, the workdir and every
+    question file. All problems are reported together, at once."""
+    from vseam_run.checks import machine_problems
+
     entry = registry.get_entry(spec.model)
-    problems: list[str] = []
-    device = None
-    try:
-        device = resolve_device(spec.device)
-    except VseamError as e:
-        problems.append(str(e))
-    try:
-        weights_source(entry)
-    except VseamError as e:
-        problems.append(f"model: {e}")
-    problems += data_file_problems(spec)
+    problems = machine_problems(spec, entry)
     if problems:
         raise VseamError(f"spec '{spec.name}' cannot run on this machine:\n  " + "\n  ".join(problems))
-    assert device is not None
-    return entry, device
+    return entry, resolve_device(spec.device)
 
 
-def run(spec: Spec, store: RunStore, *, resume: str | None = None, log: Log = _print) -> RunOutcome:
-    """Run every stage of `spec`; with `resume`, continue that run id instead of starting one."""
+def check_resumable(store: RunStore, run_id: str, spec: Spec, *, force: bool = False) -> None:
+    """Refuse to resume a run that succeeded, that still looks alive (unless `force`), or with a
+    spec that differs from the one that produced its results."""
+    record = store.get_run(run_id)
+    if record.status == "succeeded":
+        raise VseamError(f"run {run_id} already succeeded; nothing to resume")
+    if record.status == "running" and not record.is_lost() and not force:
+        raise VseamError(
+            f"run {run_id} is still running (host {record.host}, pid {record.pid}, last heartbeat "
+            f"{record.heartbeat_age_s():.0f}s ago)",
+            hint="wait for it or stop it; if you know it is dead, resume with --force",
+        )
+    changed = spec_changes(validate_stored_spec(record.spec_yaml, run_id), spec)
+    if changed:
+        raise VseamError(
+            f"run {run_id} was computed with another value of {', '.join(changed)}; a resumed run keeps "
+            "the spec that produced its results",
+            hint="start a new run with the changed setting: vseam run SPEC --set FIELD=VALUE",
+        )
+
+
+def validate_stored_spec(spec_yaml: str, run_id: str) -> Spec:
+    """The spec a run was started with, parsed back from the registry."""
+    from vseam_run.spec import validate_doc
+    from vseam_run.yamlio import parse_yaml
+
+    return validate_doc(parse_yaml(spec_yaml, f"run {run_id} spec"), f"run {run_id} spec", [])
+
+
+def run(
+    spec: Spec,
+    store: RunStore,
+    *,
+    resume: str | None = None,
+    force: bool = False,
+    log: Log = _print,
+    heartbeat_s: float | None = None,
+) -> RunOutcome:
+    """Run every stage of `spec`; with `resume`, continue that run id instead of starting one.
+
+    SIGTERM / SIGHUP end the run like Ctrl-C: it is recorded as interrupted and a
+    `lifecycle.RunInterrupted` (a KeyboardInterrupt carrying the exit code) is raised.
+    """
     entry, device = preflight(spec)
     if resume:
         run_id = resume
+        check_resumable(store, run_id, spec, force=force)
         store.mark_resumed(run_id)
         log(f"resuming run {run_id}")
     else:
@@ -110,26 +140,34 @@ def run(spec: Spec, store: RunStore, *, resume: str | None = None, log: Log = _p
             device=str(device), seed=spec.seed,
         )
         log(f"run {run_id} ({spec.name}) on {device}")
-    try:
-        metrics = _Stages(spec, store, run_id, entry, device, log).run_all()
-    except KeyboardInterrupt:
-        store.set_status(run_id, "interrupted", error_message="interrupted (Ctrl-C)")
-        log(f"run {run_id} interrupted; what was computed is kept. Continue with: vseam run --resume {run_id}")
-        raise
-    except VseamError as e:
-        store.set_status(run_id, "failed", error_message=str(e), error_traceback=traceback.format_exc())
-        raise
-    except Exception as e:
-        store.set_status(run_id, "failed", error_message=f"{type(e).__name__}: {e}", error_traceback=traceback.format_exc())
-        raise
-    store.set_status(run_id, "succeeded")
+    beat = lifecycle.heartbeat(store, run_id) if heartbeat_s is None else lifecycle.heartbeat(store, run_id, heartbeat_s)
+    # The signal handlers stay installed while the outcome is recorded, so a second SIGTERM
+    # (ignored there) cannot kill the process between the interruption and its record.
+    with lifecycle.signals_interrupt():
+        try:
+            with beat:
+                metrics = _Stages(spec, store, run_id, entry, device, log).run_all()
+        except KeyboardInterrupt as e:
+            cause = lifecycle.interrupt_cause(e)
+            store.set_status(run_id, "interrupted", error_message=f"interrupted ({cause})")
+            log(f"run {run_id} interrupted ({cause}); what was computed is kept. Continue with: vseam run --resume {run_id}")
+            raise
+        except VseamError as e:
+            store.set_status(run_id, "failed", error_message=str(e), error_traceback=traceback.format_exc())
+            raise
+        except Exception as e:
+            store.set_status(run_id, "failed", error_message=f"{type(e).__name__}: {e}", error_traceback=traceback.format_exc())
+            raise
+        store.set_status(run_id, "succeeded")
     return RunOutcome(run_id, metrics)
 
 
 class _Stages:
     def __init__(self, spec: Spec, store: RunStore, run_id: str, entry, device: torch.device, log: Log) -> None:
         self.spec, self.store, self.run_id, self.entry, self.device, self.log = spec, store, run_id, entry, device, log
-        self.metrics: dict[str, float] = {}
+        self.ledger = StageLedger(store, run_id, log)
+        # A resumed run starts from what its finished stages recorded.
+        self.metrics: dict[str, float] = dict(store.get_run(run_id).metrics) if self.ledger.finished() else {}
         self.art_dir = Path(spec.workdir) / "runs" / run_id
         self.cache_dir = Path(spec.workdir) / "cache"
 
@@ -150,42 +188,66 @@ class _Stages:
         yield
         self.record({f"time.{name}": time.perf_counter() - t0})
 
+    def stage(self, name: str, fp: Fingerprint, compute: Callable[[], Any], **save_load: Any) -> Any:
+        """Run `compute` as stage `name` (timed), or take its stored outputs when it finished
+        earlier from the same inputs; see `vseam_run.ledger`."""
+
+        def timed_compute() -> Any:
+            with self.timed(name):
+                return compute()
+
+        return self.ledger.run(name, fp, timed_compute, **save_load)
+
     # ---- stages --------------------------------------------------------------------------
 
     def run_all(self) -> dict[str, float]:
         spec = self.spec
-        with self.timed("data"):
-            loaded = self._load(spec.data, spec.data.toyworld)
-            splits = split_by_image(loaded.questions, spec.data.split.model_dump(), spec.seed)
-            self.record({"data.questions": len(loaded.questions), "data.skipped": len(loaded.skipped),
-                         **{f"data.{s}": len(qs) for s, qs in splits.items()}})
-            if loaded.skipped:
-                self.store.put_document(self.run_id, "skipped", [{"qid": q, "reason": r} for q, r in loaded.skipped])
-                self.log(f"  skipped {len(loaded.skipped)} question(s) (see `vseam show {self.run_id} --json`, key 'skipped')")
+        # The data are the input: read again on resume (the images are needed) and checked
+        # against the fingerprint of the finished data stage, never recorded twice.
+        loaded = self._load(spec.data, spec.data.toyworld)
+        splits = split_by_image(loaded.questions, spec.data.split.model_dump(), spec.seed)
+        split_of = {q.qid: s for s, qs in splits.items() for q in qs}
+        data_fp = fingerprint(data=spec.data, seed=spec.seed, questions=questions_part(loaded.questions, split_of),
+                              skipped=loaded.skipped)
+        self.stage("data", data_fp, lambda: self._record_data(loaded, splits))
         with self.timed("load_model"):
             dtype = resolve_dtype(spec.dtype, self.entry.dtype, self.device)
             self.vlm = VLM.load(self.entry, self.device, dtype)
-        split_of = {q.qid: s for s, qs in splits.items() for q in qs}
-        items = self._items(loaded.questions, split_of, "data")
-        with self.timed("baseline"):
-            # One streaming pass: an encoded set of every question would hold GBs for a 7B model.
-            rows = ScoredSet.score_once(self.vlm, items, spec.batch_size, "baseline")
-            rows = evaluate.apply_answer_match(rows, spec.evaluate.answer_match if spec.evaluate else "first_token")
-            self.store.log_question_results(self.run_id, "baseline", rows)
-            self.record(evaluate.summarize(rows).as_metrics("baseline"))
-            self.log(f"  baseline accuracy {self.metrics['baseline.accuracy']:.3f} on {len(rows)} questions")
+        self.model = model_part(self.entry, self.device, dtype)
+        items, untokenizable = self._items(loaded.questions, split_of, "data")
+        baseline_fp = fingerprint(model=self.model, questions=items_part(items), untokenizable=untokenizable,
+                                  batch_size=spec.batch_size, answer_match=self._answer_match())
+        rows = self.stage("baseline", baseline_fp, lambda: self._baseline(items, untokenizable))
         if spec.edit is not None:
-            with self.timed("edit"):
-                self._edits(loaded.questions, {r["qid"]: r for r in rows})
+            edit_fp = fingerprint(baseline=baseline_fp, edit=spec.edit, questions=questions_part(loaded.questions))
+            self.stage("edit", edit_fp, lambda: self._edits(loaded.questions, {r["qid"]: r for r in rows}))
         if spec.search is None:
             return self.metrics
         by_split = {s: [it for it in items if it.split == s] for s in ("search", "val", "test")}
-        with self.timed("search"):
-            result = self._search(by_split["search"])
+        search_fp = fingerprint(model=self.model, questions=items_part(by_split["search"]), search=spec.search,
+                                batch_size=spec.batch_size)
+        result = self.stage("search", search_fp, lambda: self._search(by_split["search"], search_fp),
+                            save=SearchResult.to_state, load=SearchResult.from_state)
         if spec.modulation is not None or spec.evaluate is not None:
-            with self.timed("evaluate"):
-                self._modulate_and_evaluate(result, by_split)
+            self._modulate_and_evaluate(result, search_fp, by_split)
         return self.metrics
+
+    def _record_data(self, loaded: LoadResult, splits: dict[str, list[Question]]) -> None:
+        self.record({"data.questions": len(loaded.questions), "data.skipped": len(loaded.skipped),
+                     **{f"data.{s}": len(qs) for s, qs in splits.items()}})
+        if loaded.skipped:
+            self.store.put_document(self.run_id, "skipped", [{"qid": q, "reason": r} for q, r in loaded.skipped])
+            self.log(f"  skipped {len(loaded.skipped)} question(s) (see `vseam show {self.run_id} --json`, key 'skipped')")
+
+    def _baseline(self, items: list[Item], untokenizable: list[str]) -> list[dict]:
+        self._record_untokenizable("data", untokenizable)
+        # One streaming pass: an encoded set of every question would hold GBs for a 7B model.
+        rows = ScoredSet.score_once(self.vlm, items, self.spec.batch_size, "baseline")
+        rows = evaluate.apply_answer_match(rows, self._answer_match())
+        self.store.log_question_results(self.run_id, "baseline", rows)
+        self.record(evaluate.summarize(rows).as_metrics("baseline"))
+        self.log(f"  baseline accuracy {self.metrics['baseline.accuracy']:.3f} on {len(rows)} questions")
+        return rows
 
     def _load(self, d, toy) -> LoadResult:
         params = ToyWorldParams(seed=toy.seed if toy.seed is not None else self.spec.seed, images=toy.images, image_size=toy.image_size)
@@ -194,7 +256,8 @@ class _Stages:
             on_missing_image=d.on_missing_image, toyworld=params, cache_dir=self.cache_dir,
         )
 
-    def _items(self, questions: list[Question], split_of: dict[str, str], stage: str) -> list[Item]:
+    def _items(self, questions: list[Question], split_of: dict[str, str], stage: str) -> tuple[list[Item], list[str]]:
+        """Scorable items, and the ids of questions whose answer the tokenizer cannot score."""
         gold = self.vlm.answer_token_ids([q.answer for q in questions])
         items, empty = [], []
         for q, g in zip(questions, gold):
@@ -202,14 +265,16 @@ class _Stages:
                 empty.append(q.qid)
                 continue
             items.append(Item(q.qid, q.load_image(), q.question, q.answer, g, q.category, split_of.get(q.qid, "")))
+        if not items:
+            raise VseamError(f"{stage}: no question has an answer the model's tokenizer can score")
+        return items, empty
+
+    def _record_untokenizable(self, stage: str, empty: list[str]) -> None:
         if empty:
             self.record({f"{stage}.answers_without_token": len(empty)})
             self.store.put_document(self.run_id, f"{stage}.answers_without_token", empty)
             self.log(f"  {len(empty)} answer(s) tokenize to nothing the model knows; skipped: {', '.join(empty[:5])}"
                      + (" …" if len(empty) > 5 else ""))
-        if not items:
-            raise VseamError(f"{stage}: no question has an answer the model's tokenizer can score")
-        return items
 
     def _edits(self, questions: list[Question], base_rows: dict[str, dict]) -> None:
         from vseam_run.edit.procedural import make_edits
@@ -242,7 +307,7 @@ class _Stages:
                      "edit.prediction_flip_rate": float(np.mean(flipped)) if flipped else 0.0})
         self.log(f"  {len(edits)} edits; accuracy on edited images {self.metrics['edit.accuracy']:.3f}")
 
-    def _search(self, items: list[Item]) -> SearchResult:
+    def _search(self, items: list[Item], fp: Fingerprint) -> SearchResult:
         s = self.spec.search
         assert s is not None
         if not items:
@@ -251,7 +316,7 @@ class _Stages:
             self.vlm, [SearchItem(it.qid, it.image, it.question, it.gold_id) for it in items],
             strategy=s.strategy, scoring=s.scoring, ablation=s.ablation, top_k=s.top_k, verify_k=s.verify_k,
             batch_size=self.spec.batch_size, batch_rows=s.batch_rows,
-            checkpoint=_StoreCheckpointer(self.store, self.run_id, "search"),
+            checkpoint=self.ledger.checkpointer("search", fp),
         )
         heads = result.to_json()
         self.store.put_document(self.run_id, "heads", heads)
@@ -288,16 +353,40 @@ class _Stages:
                     lambda stage, rows: self.store.log_question_results(self.run_id, stage, rows),
                     self.artifact, self.log, self.art_dir)
 
-    def _modulate_and_evaluate(self, result: SearchResult, by_split: dict[str, list[Item]]) -> None:
+    def _answer_match(self) -> str:
+        return self.spec.evaluate.answer_match if self.spec.evaluate else "first_token"
+
+    def _modulate_and_evaluate(self, result: SearchResult, search_fp: Fingerprint, by_split: dict[str, list[Item]]) -> None:
+        """Sub-stages, each finished on its own: modulation (the scales), eval.test and/or eval.in_sample
+        (per evaluate.protocol, with random-head controls), eval.<extra>…, ablation. The logic is in
+        vseam_run/stages/modulate.py."""
         from vseam_run.stages import modulate as stage
 
-        self.art_dir.mkdir(parents=True, exist_ok=True)
-        outcome = stage.run(self.vlm, result, by_split, self._stage_settings(), self._sink())
-        ev = self.spec.evaluate
+        spec = self.spec
+        if not by_split["test"]:
+            raise VseamError("evaluate: the test split is empty", hint="raise data.split.test or use more questions")
+        settings, sink = self._stage_settings(), self._sink()
+        sets = stage.SplitSets(self.vlm, by_split, spec.batch_size)  # encoded once, only when a stage needs one
+        mod_fp = fingerprint(search=search_fp, modulation=spec.modulation, questions=items_part(by_split["val"]),
+                             batch_size=spec.batch_size, answer_match=settings.answer_match, seed=spec.seed)
+        scales = self.stage("modulation", mod_fp, lambda: stage.choose(self.vlm, result, sets, settings, sink),
+                            save=lambda t: t.tolist(), load=lambda saved: torch.tensor(saved, dtype=torch.float32))
+        edits = stage.edits_for(scales)
+        for split, prefix, label in stage.protocol_sets(settings.protocol):
+            eval_fp = fingerprint(modulation=mod_fp, questions=items_part(by_split[split]), bootstrap=settings.bootstrap,
+                                  seed=spec.seed, batch_size=spec.batch_size, controls=settings.control_draws)
+            self.stage(prefix, eval_fp, lambda split=split, prefix=prefix, label=label: stage.evaluate_set(
+                self.vlm, sets.get(split, f"evaluate.protocol: {settings.protocol}"), scales, prefix, label, settings, sink))
+        stage.side_by_side(self.metrics, scales, settings, sink)
+        ev = spec.evaluate
         for extra in (ev.extra if ev else []):
-            self._evaluate_extra(extra, outcome.edits)
+            extra_fp = fingerprint(modulation=mod_fp, extra=extra, bootstrap=settings.bootstrap, seed=spec.seed,
+                                   batch_size=spec.batch_size)
+            self.stage(f"eval.{extra.name}", extra_fp, lambda extra=extra: self._evaluate_extra(extra, edits))
         if ev is not None and ev.ablation is not None:
-            self._ablation(result, outcome.test)
+            ablation_fp = fingerprint(search=search_fp, questions=items_part(by_split["test"]), ablation=ev.ablation,
+                                      seed=spec.seed, batch_size=spec.batch_size)
+            self.stage("ablation", ablation_fp, lambda: self._ablation(result, sets.get("test", "evaluate")))
 
     def _compare(self, scored: ScoredSet, edits, prefix: str, label: str) -> None:
         from vseam_run.stages import modulate as stage
@@ -307,7 +396,8 @@ class _Stages:
 
     def _evaluate_extra(self, extra: ExtraDataSpec, edits) -> None:
         loaded = self._load(extra, extra.toyworld)
-        items = self._items(loaded.questions, {}, f"eval.{extra.name}")
+        items, untokenizable = self._items(loaded.questions, {}, f"eval.{extra.name}")
+        self._record_untokenizable(f"eval.{extra.name}", untokenizable)
         self._compare(ScoredSet(self.vlm, items, self.spec.batch_size, extra.name), edits, f"eval.{extra.name}", extra.name)
 
     def _ablation(self, result: SearchResult, test: ScoredSet) -> None:

@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from vseam_run.errors import SpecError, VseamError
 from vseam_run.yamlio import format_validation_error, load_yaml
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-# The shipped entries live at the repository's top level (the package is installed editable).
-DEFAULT_REGISTRY_DIRS = [PACKAGE_DIR.parent / "registry"]
+from vseam_run.shipped import PACKAGE_DIR, shipped_dir
+
+# The shipped entries: the repository's registry/, copied into the package by a wheel build.
+DEFAULT_REGISTRY_DIRS = [shipped_dir("registry")]
 
 
 class ModulePaths(BaseModel):
@@ -84,6 +85,22 @@ class ModelEntry(BaseModel):
             close = difflib.get_close_matches(v, [n for n in dir(transformers) if n[:1].isupper()], n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ValueError(f"'{v}' is not a class in the transformers namespace{hint}")
+        return v
+
+    @field_validator("model_class")
+    @classmethod
+    def _is_model_class(cls, v: str) -> str:
+        import transformers
+
+        # Only a model may be built from an entry: `TrainingArguments` or a tokenizer is a
+        # class in the namespace too, and would fail (or do something else) much later.
+        from transformers.models.auto.auto_factory import _BaseAutoModelClass
+
+        found = getattr(transformers, v, None)
+        if isinstance(found, type) and not issubclass(found, (transformers.PreTrainedModel, _BaseAutoModelClass)):
+            close = difflib.get_close_matches(v, [n for n in dir(transformers) if n.endswith("ForConditionalGeneration")], n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"'{v}' is not a model class (a transformers PreTrainedModel){hint}")
         return v
 
     @model_validator(mode="after")

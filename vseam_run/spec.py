@@ -8,6 +8,7 @@ of a file are reported together as `field.path: message (line N)`.
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -116,6 +117,24 @@ class LinearPolicy(_Strict):
     clip: tuple[float, float] = Field((0.0, 2.0), description="[lo, hi] bounds of a head's scale.")
     eps: float = Field(0.0, ge=0, description="Scores with |score| ≤ eps count as 0.")
     score: Literal["signed", "pos_minus_neg"] = Field("signed", description="Head score: the signed effect, or positive − negative.")
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_usable(cls, v: list[float]) -> list[float]:
+        # Checked here, not when λ is chosen after the whole search.
+        if not v:
+            raise ValueError("the λ grid is empty; give at least one value, e.g. [0, 1, 2]")
+        bad = [x for x in v if not math.isfinite(x)]
+        if bad:
+            raise ValueError(f"the λ grid must hold finite numbers (got {', '.join(map(str, bad))})")
+        return v
+
+    @field_validator("lam", "eps")
+    @classmethod
+    def _finite(cls, v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"must be a finite number (got {v})")
+        return v
 
     @field_validator("clip")
     @classmethod
@@ -271,7 +290,7 @@ class Spec(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: the registry entry's dtype on CUDA, float32 on CPU."
     )
-    seed: int = Field(0, description="Seed for splits, generation and random baselines.")
+    seed: int = Field(0, ge=0, description="Seed for splits, generation and random baselines (≥ 0: numpy refuses negative seeds).")
     batch_size: int = Field(16, ge=1, description="Questions per forward pass.")
     workdir: Path = Field(Path(".vseam"), description="Cache (generated data, edits) and run artifacts live here.")
     data: DataSpec

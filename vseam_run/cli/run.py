@@ -12,23 +12,27 @@ from vseam_run.errors import VseamError
 
 
 def run(
-    spec: Annotated[Optional[Path], typer.Argument(help="Experiment spec (YAML). Omit with --resume.")] = None,
+    spec: Annotated[Optional[Path], typer.Argument(help="Experiment spec: a YAML file, or the name of a shipped spec (`vseam specs`). Omit with --resume.")] = None,
     db: DbOption = DEFAULT_DB,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a field: --set search.strategy=attribution (repeatable).")] = None,
     device: DeviceOption = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue an interrupted or failed run (id, prefix or 'latest').")] = None,
-) -> None:
+    force: Annotated[bool, typer.Option("--force", help="With --resume: take over a run that still looks alive.")] = False,
+) -> int:
     """Run an experiment spec and record it in the run registry.
 
     Examples:
 
-      vseam run specs/quickstart.yaml
+      vseam run quickstart
 
       vseam run specs/quickstart.yaml --set search.strategy=attribution --set data.toyworld.images=100
 
       vseam run --resume latest
+
+    A resumed run keeps its spec: --set may not change a field of it (start a new run instead).
     """
-    from vseam_run import pipeline
+    from vseam_run import lifecycle, pipeline
+    from vseam_run.shipped import resolve_spec
     from vseam_run.spec import load_spec, validate_doc
     from vseam_run.store import RunStore
     from vseam_run.yamlio import parse_yaml
@@ -36,8 +40,9 @@ def run(
     overrides = list(set_ or [])
     if device:
         overrides.append(f"device={device}")
-    store = RunStore(db)
     if resume:
+        # The registry must already hold the run: never create one to look a run up in it.
+        store = RunStore(db, must_exist=True)
         run_id = store.resolve(resume)
         record = store.get_run(run_id)
         if record.status == "succeeded":
@@ -45,10 +50,27 @@ def run(
         spec_obj = validate_doc(parse_yaml(record.spec_yaml, f"run {run_id} spec"), f"run {run_id} spec", overrides)
     else:
         if spec is None:
-            raise VseamError("vseam run needs a SPEC file (or --resume RUN)", hint="e.g. vseam run specs/quickstart.yaml")
-        spec_obj = load_spec(spec, overrides)
+            raise VseamError("vseam run needs a SPEC file (or --resume RUN)", hint="e.g. vseam run quickstart (`vseam specs` lists the shipped specs)")
+        # The spec is read and checked (everything short of loading the model) before the
+        # registry is opened, so a rejected spec leaves no registry file behind.
+        spec_obj = load_spec(resolve_spec(spec), overrides)
+        pipeline.preflight(spec_obj)
+        store = RunStore(db)
         run_id = None
-    out = pipeline.run(spec_obj, store, resume=run_id, log=lambda s: console().print(s, highlight=False, markup=False))
+    started = False
+
+    def log(s: object) -> None:
+        nonlocal started
+        started = True
+        console().print(s, highlight=False, markup=False)
+
+    try:
+        out = pipeline.run(spec_obj, store, resume=run_id, force=force, log=log)
+    except KeyboardInterrupt as e:
+        if started:
+            # The pipeline recorded it and printed how to resume; exit as the shell would: 130, 143, 129.
+            return lifecycle.exit_code(e)
+        raise
     c = console()
     c.print(f"\n[bold green]run {out.run_id} succeeded[/]")
     keys = [k for k in ("baseline.accuracy", "baseline.gold_prob", "edit.accuracy", "search.seconds", "modulation.lambda",
@@ -56,4 +78,6 @@ def run(
                         "ablation.positive.accuracy_drop", "ablation.random.accuracy_drop") if k in out.metrics]
     for k in keys:
         c.print(f"  {k:34s} {out.metrics[k]:.4g}", highlight=False)
-    c.print(f"details: vseam show {out.run_id}" + ("" if db == DEFAULT_DB else f" --db {db}"), highlight=False)
+    # store.where, not db: a database URL's password must not be printed.
+    c.print(f"details: vseam show {out.run_id}" + ("" if db == DEFAULT_DB else f" --db {store.where}"), highlight=False, markup=False)
+    return 0

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -23,6 +24,7 @@ STATUS_STYLES = {
     "succeeded": "bold green",
     "failed": "bold red",
     "interrupted": "bold magenta",
+    "lost": "bold red",  # stored as running, but nobody runs it any more
 }
 
 
@@ -61,7 +63,7 @@ def run_duration(run: RunRecord) -> str:
     """Total time of a finished run; elapsed time with a trailing ``…`` while running."""
     if run.finished_at is not None:
         return format_duration(run.duration_s)
-    return format_duration(run.elapsed_s()) + "…" if run.status == "running" else "—"
+    return format_duration(run.elapsed_s()) + "…" if run.shown_status() == "running" else "—"
 
 
 def format_value(value: float | None) -> str:
@@ -140,11 +142,11 @@ def runs(
         return
     out = console()
     if not records:
-        out.print(f"no runs in {db} yet — [bold]vseam run SPEC[/] records one")
+        out.print(f"no runs in {escape(store.where)} yet — [bold]vseam run SPEC[/] records one")
         return
     headlines = _fitting_headlines(headline_metrics(records), records, out.width)
     table = Table(
-        title=f"runs in {db}",
+        title=f"runs in {escape(store.where)}",
         title_justify="left",
         header_style="bold",
         box=box.SIMPLE_HEAD,
@@ -163,7 +165,7 @@ def runs(
         table.add_row(
             r.id,
             r.name,
-            status_text(r.status),
+            status_text(r.shown_status()),
             r.model_name or "—",
             format_time(r.created_at, seconds=False),
             run_duration(r),

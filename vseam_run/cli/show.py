@@ -66,7 +66,13 @@ def _header(run: RunRecord) -> Panel:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
-    grid.add_row("status", status_text(run.status))
+    status = run.shown_status()
+    grid.add_row("status", status_text(status))
+    if run.host or run.pid is not None:
+        beat = f", last heartbeat {format_time(run.heartbeat_at)} UTC" if run.heartbeat_at else ""
+        grid.add_row("process", f"{run.host or '?'} pid {run.pid if run.pid is not None else '?'}{beat}")
+    if status == "lost":  # stored as running, but its process is gone or silent
+        grid.add_row("resume", Text(f"vseam run --resume {run.id}", style="red"))
     grid.add_row("model", f"{run.model_name or '—'}" + (f"  [dim]{run.model_hash[:12]}[/]" if run.model_hash else ""))
     grid.add_row("device", run.device or "—")
     grid.add_row("seed", "—" if run.seed is None else str(run.seed))

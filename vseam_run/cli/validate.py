@@ -12,25 +12,39 @@ from vseam_run.cli.common import console, err_console
 from vseam_run.errors import SpecError, VseamError
 
 
-def validate(files: Annotated[list[Path], typer.Argument(help="Spec or registry YAML files.")]) -> int:
-    """Validate spec files (and registry entries under registry/); report every error of each file.
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Spec or registry YAML files (or names of shipped specs).")],
+    spec_only: Annotated[bool, typer.Option("--spec-only", help="Check only the files themselves, not whether they can run on this machine (device, weights, data files, workdir, head counts).")] = False,
+) -> int:
+    """Validate spec files and registry entries; report every problem of each file at once.
+
+    A spec is also checked against this machine, as `vseam run` does before loading the model:
+    the device, the model's weights and head counts (from its config), a writable workdir and
+    every question file. --spec-only skips those (for a spec meant for another machine).
 
     Examples:
 
-      vseam validate specs/*.yaml
+      vseam validate specs/*.yaml --spec-only
+
+      vseam validate quickstart
 
       vseam validate registry/llava-1.5-7b.yaml
     """
     from vseam_run.registry import load_entry_file
-    from vseam_run.spec import load_spec
+    from vseam_run.shipped import resolve_spec
     from vseam_run.yamlio import load_yaml
 
     bad = 0
-    for f in files:
+    for given in files:
+        f = given
         try:
+            f = resolve_spec(given)
             doc = load_yaml(f)
             is_entry = isinstance(doc.data, dict) and "model_class" in doc.data
-            load_entry_file(f) if is_entry else load_spec(f)
+            if is_entry:
+                load_entry_file(f)
+            else:
+                _check_spec(f, spec_only)
             console().print(f"[green]ok[/]  {escape(str(f))}", highlight=False)
         except SpecError as e:
             bad += 1
@@ -44,3 +58,16 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Spec or registry 
     if bad:
         raise typer.Exit(2)
     return 0
+
+
+def _check_spec(path: Path, spec_only: bool) -> None:
+    from vseam_run.checks import machine_problems
+    from vseam_run.registry import get_entry
+    from vseam_run.spec import load_spec
+
+    spec = load_spec(path)
+    if spec_only:
+        return
+    problems = machine_problems(spec, get_entry(spec.model))
+    if problems:
+        raise SpecError(f"{path} (cannot run on this machine)", problems)

@@ -36,6 +36,7 @@ __all__ = [
     "Question",
     "SOURCES",
     "ToyWorldParams",
+    "check_question_files",
     "default_cache_dir",
     "load_questions",
 ]
@@ -87,6 +88,32 @@ def load_questions(
         questions, skipped = _read_files(source, path, images, level)
     _check_unique(questions)
     return _select(questions, skipped, level, categories, limit, on_missing_image, describe=str(path or source))
+
+
+def check_question_files(
+    source: Source,
+    path: Path | None,
+    images: Path | None,
+    *,
+    level: Level | None = None,
+    categories: list[str] | None = None,
+) -> int:
+    """Parse a dataset's question files as `load_questions` would, without opening an image,
+    and return how many questions its filters keep. Raises the VseamError the load would
+    raise: a file that does not parse, whose question type cannot be told, or that has
+    nothing matching the filters. Used before a run starts (checks.py)."""
+    if source == "toyworld":
+        raise ValueError("the toy world is generated, not read: there is no file to check")
+    questions, skipped = _read_files(source, path, images, level)
+    _check_unique(questions)
+    if not questions and skipped:
+        raise VseamError(f"{path}: cannot tell the type of any question (first: {skipped[0][0]}: {skipped[0][1]})",
+                         hint="set data.level to say which level the questions are")
+    wanted = set(categories) if categories else None
+    kept = [q for q in questions if (level is None or q.level == level) and (wanted is None or q.category in wanted)]
+    if not kept:
+        raise VseamError(_nothing_matches(questions, level, categories, str(path)), hint=_available(questions))
+    return len(kept)
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -209,7 +236,7 @@ def _available(questions: list[Question]) -> str:
 
 
 class _ImageChecker:
-    """Opens and verifies each distinct image once; returns None when it is fine, else the problem."""
+    """Opens, verifies and decodes each distinct image once; returns None when it is fine, else the problem."""
 
     def __init__(self) -> None:
         self.seen: dict[Path, str | None] = {}
@@ -224,8 +251,12 @@ class _ImageChecker:
         if not path.is_file():
             return "missing image"
         try:
+            # verify() checks the container (e.g. PNG checksums) but decodes nothing, so a
+            # truncated JPEG passes it; load() decodes every pixel and fails on those.
             with Image.open(path) as im:
                 im.verify()
+            with Image.open(path) as im:
+                im.load()
         except Exception as e:  # PIL raises many types for damaged files
             return f"corrupt image ({type(e).__name__}: {e})"
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol, Sequence
@@ -40,6 +41,26 @@ class SearchResult:
     matrices: HeadMatrices
     seconds: float
     verified: np.ndarray | None = None  # [L, H] bool for attribution+verify
+    top_k: int = 10
+
+    def to_state(self) -> dict:
+        """Everything needed to rebuild this result exactly (`from_state`): the per-question
+        effects as JSON floats, which round-trip float64 values bit for bit."""
+        return {
+            "strategy": self.strategy, "scoring": self.scoring, "qids": self.qids, "top_k": self.top_k,
+            "effects": self.effects.tolist(), "base_prob": self.base_prob.tolist(),
+            "correct": [bool(c) for c in self.correct], "seconds": self.seconds,
+            "verified": None if self.verified is None else self.verified.tolist(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> "SearchResult":
+        effects = np.asarray(state["effects"], dtype=np.float64)
+        correct = np.asarray(state["correct"], dtype=bool)
+        verified = None if state["verified"] is None else np.asarray(state["verified"], dtype=bool)
+        matrices = score(effects, correct, state["scoring"], state["top_k"], allowed=verified)
+        return cls(state["strategy"], state["scoring"], list(state["qids"]), effects,
+                   np.asarray(state["base_prob"], dtype=np.float64), correct, matrices, state["seconds"], verified, state["top_k"])
 
     def to_json(self) -> dict:
         out = self.matrices.to_json()
@@ -92,7 +113,7 @@ def search_heads(
     t0 = time.perf_counter()
 
     def layer_store(prefix: str):
-        done = {int(k.split(":")[1]): np.array(v) for k, v in saved.items() if k.startswith(prefix + ":")}
+        done = {int(k.rsplit(":", 1)[1]): np.array(v) for k, v in saved.items() if k.startswith(prefix + ":")}
 
         def on_layer(layer: int, values: np.ndarray) -> None:
             if checkpoint:
@@ -112,7 +133,9 @@ def search_heads(
     else:
         att = attribution_effects(vlm, items, ablation, batch_size=batch_size, batch_rows=batch_rows)
         verified = verify_candidates(att.effects, att.correct, scoring, verify_k or 3 * top_k)
-        done, on_layer = layer_store("verify")
+        # The layers re-scored are only valid for this choice of heads (attribution on a GPU
+        # need not be bit-reproducible), so the choice names their checkpoints.
+        done, on_layer = layer_store(f"verify.{hashlib.sha256(verified.tobytes()).hexdigest()[:16]}")
         ex = exact_effects(
             vlm, items, ablation, batch_size=batch_size, batch_rows=batch_rows, heads=verified, done=done, on_layer=on_layer
         )
@@ -121,7 +144,8 @@ def search_heads(
         eff = Effects(merged, ex.base_prob, ex.correct)
     seconds = time.perf_counter() - t0
     matrices = score(eff.effects, eff.correct, scoring, top_k, allowed=verified)
-    return SearchResult(strategy, scoring, [it.qid for it in items], eff.effects, eff.base_prob, eff.correct, matrices, seconds, verified)
+    return SearchResult(strategy, scoring, [it.qid for it in items], eff.effects, eff.base_prob, eff.correct, matrices, seconds,
+                        verified, top_k)
 
 
 __all__ = ["SearchItem", "SearchResult", "search_heads", "STRATEGIES", "Checkpointer", "HeadMatrices"]

@@ -161,9 +161,11 @@ def exact_effects(
                     _ablate_layer_rows(vlm, b, hid, l, rows, mode, batch_rows, base_prob, effects, advance)
                 if on_layer:
                     on_layer(l, effects[:, l])
-            if l >= last_needed:
-                break
-            hidden = [vlm.next_hidden(b.prep, l, hid) for b, hid in zip(batches, hidden)]
+            # Carry the hidden states on only while a later layer still has to be computed; the
+            # loop itself always runs over every layer, so stored layers are filled in after the
+            # last computed one too (with every layer stored, nothing is computed at all).
+            if l < last_needed:
+                hidden = [vlm.next_hidden(b.prep, l, hid) for b, hid in zip(batches, hidden)]
     return Effects(effects, base_prob.cpu().numpy().astype(np.float64), correct.cpu().numpy())
 
 

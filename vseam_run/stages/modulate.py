@@ -90,9 +90,9 @@ class Chosen:
 
 @dataclass
 class Outcome:
-    """What later stages need: the edits to apply elsewhere and the encoded test set."""
+    """What later stages need: the scales, the edits to apply elsewhere and the encoded test set."""
 
-    chosen: Chosen
+    scales: torch.Tensor
     edits: dict[int, HeadEdit]
     test: ScoredSet
 
@@ -102,7 +102,7 @@ class Outcome:
 # ---------------------------------------------------------------------------
 
 
-class _Sets:
+class SplitSets:
     """Split items encoded on first use (val and search are only needed by some policies)."""
 
     def __init__(self, vlm, by_split: dict[str, list[Item]], batch_size: int) -> None:
@@ -134,7 +134,7 @@ def _val_accuracy(val: ScoredSet, matcher: Matcher) -> Callable[[torch.Tensor], 
     return acc
 
 
-def choose_scales(vlm, result: SearchResult, sets: _Sets, settings: Settings, matcher: Matcher, sink: Sink) -> Chosen:
+def choose_scales(vlm, result: SearchResult, sets: SplitSets, settings: Settings, matcher: Matcher, sink: Sink) -> Chosen:
     """The policy's scale matrix; any free parameter is chosen on val (or, for learned, fitted on search)."""
     pol, m = settings.policy, result.matrices
     if pol is None or pol.policy == "none":
@@ -151,7 +151,7 @@ def choose_scales(vlm, result: SearchResult, sets: _Sets, settings: Settings, ma
     raise ValueError(f"unknown policy {pol.policy!r}")  # pragma: no cover - the spec's union forbids it
 
 
-def _choose_linear(result: SearchResult, sets: _Sets, pol, matcher: Matcher, sink: Sink) -> Chosen:
+def _choose_linear(result: SearchResult, sets: SplitSets, pol, matcher: Matcher, sink: Sink) -> Chosen:
     m = result.matrices
     score = modulate.head_score(m.positive, m.negative, m.signed, pol.score)
 
@@ -171,7 +171,7 @@ def _choose_linear(result: SearchResult, sets: _Sets, pol, matcher: Matcher, sin
     return Chosen(scales_for(lam), {"policy": "linear", "lambda": lam, "score": pol.score, "clip": list(pol.clip)})
 
 
-def _choose_paper(result: SearchResult, sets: _Sets, pol, matcher: Matcher, sink: Sink) -> Chosen:
+def _choose_paper(result: SearchResult, sets: SplitSets, pol, matcher: Matcher, sink: Sink) -> Chosen:
     m = result.matrices
 
     def scales_for(p: dict[str, float]) -> torch.Tensor:
@@ -193,7 +193,7 @@ def _choose_paper(result: SearchResult, sets: _Sets, pol, matcher: Matcher, sink
     return Chosen(scales_for(best), {"policy": "paper", "k": int(best["k"]), "lambda": best["lam"], "clip": list(pol.clip)})
 
 
-def _fit_learned(vlm, sets: _Sets, pol, settings: Settings, matcher: Matcher, sink: Sink) -> Chosen:
+def _fit_learned(vlm, sets: SplitSets, pol, settings: Settings, matcher: Matcher, sink: Sink) -> Chosen:
     fit = fit_scales(
         vlm, sets.get("search", "policy: learned"), sets.get("val", "policy: learned (early stopping)"),
         positions=pol.positions, epochs=pol.epochs, patience=pol.patience, lr=pol.lr, l2=pol.l2, kl=pol.kl, l1=pol.l1,
@@ -252,16 +252,16 @@ def compare(scored: ScoredSet, edits: dict[int, HeadEdit], prefix: str, label: s
     return cmp, base_rows
 
 
-def control(scored: ScoredSet, chosen: Chosen, base_rows: list[dict], gain: float, prefix: str,
+def control(scored: ScoredSet, scales: torch.Tensor, base_rows: list[dict], gain: float, prefix: str,
             settings: Settings, matcher: Matcher, sink: Sink) -> ControlResult | None:
     """The policy's scale values on random heads (seeded permutations over heads), gain per draw."""
-    if settings.control_draws == 0 or bool(torch.all(chosen.scales == 1)):
+    if settings.control_draws == 0 or bool(torch.all(scales == 1)):
         return None  # nothing is changed, so a permutation would change nothing either
     base_acc = matcher.accuracy(base_rows)
     rng = np.random.default_rng(settings.seed)
     gains = []
     for _ in range(settings.control_draws):
-        perm = torch.as_tensor(modulate.permuted_scales(chosen.scales.numpy(), rng))
+        perm = torch.as_tensor(modulate.permuted_scales(scales.numpy(), rng))
         gains.append(matcher.accuracy(scored.run(edits_for(perm))) - base_acc)
     res = ControlResult(gains)
     sink.record({f"{prefix}.control.draws": float(len(gains)), f"{prefix}.control.gain_mean": res.mean,
@@ -277,30 +277,59 @@ _PROTOCOL_SETS = {"held_out": [("test", "eval.test", "held-out test")],
 _PROTOCOL_SETS["both"] = _PROTOCOL_SETS["held_out"] + _PROTOCOL_SETS["in_sample"]
 
 
-def run(vlm, result: SearchResult, by_split: dict[str, list[Item]], settings: Settings, sink: Sink) -> Outcome:
-    """Choose the scales, then evaluate them on the protocol's sets with controls."""
-    if not by_split.get("test"):
-        raise VseamError("evaluate: the test split is empty", hint="raise data.split.test or use more questions")
+def protocol_sets(protocol: str) -> list[tuple[str, str, str]]:
+    """(split, metric prefix, label) of every set the protocol evaluates on."""
+    return _PROTOCOL_SETS[protocol]
+
+
+def choose(vlm, result: SearchResult, sets: SplitSets, settings: Settings, sink: Sink) -> torch.Tensor:
+    """The modulation sub-stage: the policy's scales, recorded with how they were chosen."""
     matcher = Matcher.for_model(vlm, settings.answer_match)
-    sets = _Sets(vlm, by_split, settings.batch_size)
     chosen = choose_scales(vlm, result, sets, settings, matcher, sink)
     sink.document("modulation", {**chosen.params, "answer_match": matcher.rule, "protocol": settings.protocol,
                                  "scales": chosen.scales.tolist()})
     sink.record({"modulation.heads_changed": float((chosen.scales != 1).reshape(-1).sum())})
-    edits = edits_for(chosen.scales)
-    side_by_side = []
-    for split, prefix, label in _PROTOCOL_SETS[settings.protocol]:
-        scored = sets.get(split, f"evaluate.protocol: {settings.protocol}")
-        cmp, base_rows = compare(scored, edits, prefix, label, settings, matcher, sink)
-        ctl = control(scored, chosen, base_rows, cmp.accuracy_diff, prefix, settings, matcher, sink)
-        side_by_side.append(_protocol_row(label, cmp, ctl))
-    if len(side_by_side) > 1:
-        sink.document("eval.protocols", side_by_side)
-        sink.log(report.summary_table(side_by_side, f"in-sample vs held-out gain — {settings.name} ({chosen.params['policy']})"))
-    return Outcome(chosen, edits, sets.get("test", "evaluate"))
+    return chosen.scales
 
 
-def _protocol_row(label: str, cmp: evaluate.ArmComparison, ctl: ControlResult | None) -> dict[str, Any]:
-    return {"evaluated on": label, "n": cmp.n, "baseline": cmp.accuracy_baseline, "modulated": cmp.accuracy_modulated,
-            "gain": cmp.accuracy_diff, "95% CI": cmp.diff_ci, "McNemar p": cmp.mcnemar_p,
-            "control gain (mean)": None if ctl is None else ctl.mean, "control sd": None if ctl is None else ctl.sd}
+def evaluate_set(vlm, scored: ScoredSet, scales: torch.Tensor, prefix: str, label: str, settings: Settings,
+                 sink: Sink) -> None:
+    """One evaluation sub-stage: baseline vs modulated on a set, then its random-head control."""
+    matcher = Matcher.for_model(vlm, settings.answer_match)
+    cmp, base_rows = compare(scored, edits_for(scales), prefix, label, settings, matcher, sink)
+    control(scored, scales, base_rows, cmp.accuracy_diff, prefix, settings, matcher, sink)
+
+
+def side_by_side(metrics: dict[str, float], scales: torch.Tensor, settings: Settings, sink: Sink) -> None:
+    """With protocol both: the held-out and in-sample gains in one table (from the recorded metrics,
+    so a resumed run that reused both evaluations still gets it)."""
+    sets = protocol_sets(settings.protocol)
+    if len(sets) < 2:
+        return
+    rows = [_protocol_row(label, prefix, metrics) for _, prefix, label in sets]
+    sink.document("eval.protocols", rows)
+    policy = getattr(settings.policy, "policy", "none")
+    sink.log(report.summary_table(rows, f"in-sample vs held-out gain — {settings.name} ({policy})"))
+
+
+def _protocol_row(label: str, prefix: str, m: dict[str, float]) -> dict[str, Any]:
+    base, mod = m[f"{prefix}.accuracy.baseline"], m[f"{prefix}.accuracy.modulated"]
+    ci = evaluate.CI(m[f"{prefix}.accuracy.diff_ci_low"], m[f"{prefix}.accuracy.diff_ci_high"], mod - base)
+    return {"evaluated on": label, "n": int(m[f"{prefix}.n"]), "baseline": base, "modulated": mod, "gain": mod - base,
+            "95% CI": ci, "McNemar p": m[f"{prefix}.mcnemar_p"],
+            "control gain (mean)": m.get(f"{prefix}.control.gain_mean"), "control sd": m.get(f"{prefix}.control.gain_sd")}
+
+
+def run(vlm, result: SearchResult, by_split: dict[str, list[Item]], settings: Settings, sink: Sink) -> Outcome:
+    """All sub-stages in one go (what the pipeline runs through its ledger, step by step)."""
+    if not by_split.get("test"):
+        raise VseamError("evaluate: the test split is empty", hint="raise data.split.test or use more questions")
+    sets = SplitSets(vlm, by_split, settings.batch_size)
+    metrics: dict[str, float] = {}
+    tee = Sink(lambda m: (metrics.update(m), sink.record(m)), sink.document, sink.question_rows, sink.artifact,
+               sink.log, sink.art_dir)
+    scales = choose(vlm, result, sets, settings, tee)
+    for split, prefix, label in protocol_sets(settings.protocol):
+        evaluate_set(vlm, sets.get(split, f"evaluate.protocol: {settings.protocol}"), scales, prefix, label, settings, tee)
+    side_by_side(metrics, scales, settings, tee)
+    return Outcome(scales, edits_for(scales), sets.get("test", "evaluate"))

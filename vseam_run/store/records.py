@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import math
+import os
+import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 import yaml
+
+#: How often a working run refreshes its heartbeat, and how old a heartbeat may get before a
+#: `running` run counts as lost. Generous: a beat can wait for a registry locked by a writer.
+HEARTBEAT_INTERVAL_S = 5.0
+STALE_AFTER_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,34 @@ class RunRecord:
     resume_count: int
     metrics: dict[str, float] = field(default_factory=dict)
     artifacts: list[ArtifactRecord] = field(default_factory=list)
+    host: str | None = None
+    pid: int | None = None
+    heartbeat_at: datetime | None = None
+
+    def heartbeat_age_s(self, now: datetime | None = None) -> float:
+        """Seconds since the last sign of life (creation, for runs from before heartbeats)."""
+        last = self.heartbeat_at or self.created_at
+        return ((now or datetime.now(timezone.utc)) - last).total_seconds()
+
+    def process_gone(self) -> bool:
+        """True when the run's process is known to be dead: same host, and no such pid."""
+        if self.pid is None or self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, OSError):
+            return False  # someone else's live process (or no way to tell)
+        return False
+
+    def is_lost(self, now: datetime | None = None, stale_after_s: float = STALE_AFTER_S) -> bool:
+        """A `running` run that nobody runs any more (killed, machine gone)."""
+        return self.status == "running" and (self.process_gone() or self.heartbeat_age_s(now) > stale_after_s)
+
+    def shown_status(self, now: datetime | None = None) -> str:
+        """The status to show: the stored one, or `lost` for a running run that is not alive."""
+        return "lost" if self.is_lost(now) else self.status
 
     @property
     def duration_s(self) -> float | None:

@@ -15,6 +15,8 @@ import json
 import math
 import os
 import secrets
+import socket
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -28,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from vseam_run.errors import VseamError
+from vseam_run.store import connect
 from vseam_run.store.records import ArtifactRecord, RunRecord
 from vseam_run.store.schema import (
     RUN_STATUSES,
@@ -41,11 +44,15 @@ from vseam_run.store.schema import (
     Metric,
     QuestionResult,
     Run,
+    migrate,
 )
 
 # Keys accepted by `log_question_results`; anything else is a caller's typo.
 _QUESTION_KEYS = frozenset({"qid", "split", "category", "gold", "pred", "correct", "gold_prob", "extra"})
 _HASH_CHUNK = 1 << 20
+# One transaction at a time per process: a run's heartbeat thread writes beside the main
+# thread, and an in-memory registry shares one connection between them.
+_TX_LOCK = threading.RLock()
 
 
 class StageCount(NamedTuple):
@@ -134,21 +141,20 @@ class RunStore:
     """
 
     def __init__(self, url_or_path: str | os.PathLike[str], *, must_exist: bool = False) -> None:
-        self._engine, self.where = self._connect(str(url_or_path), must_exist=must_exist)
+        target = str(url_or_path)
+        self._timeout = connect.connect_timeout()
+        self._engine, self.where, password = self._connect(target, must_exist=must_exist, timeout=self._timeout)
+        is_sqlite = self._engine.url.get_backend_name() == "sqlite"
         try:
+            if not is_sqlite:
+                connect.first_connect(self._engine, self.where, self._timeout)
             self._prepare_schema()
-        except OperationalError as e:
+        except VseamError:
             self._engine.dispose()
-            raise VseamError(
-                f"cannot write run registry {self.where}: {e.orig}",
-                hint="pass --db with a writable path",
-            ) from e
-        except DatabaseError as e:
+            raise
+        except (DatabaseError, OperationalError) as e:
             self._engine.dispose()
-            raise VseamError(
-                f"{self.where} is not a usable run registry: {e.orig}",
-                hint="pass --db with a vseam registry file, or a new path to start one",
-            ) from e
+            raise connect.classify(self.where, e, is_sqlite=is_sqlite, password=password, timeout=self._timeout) from None
         except BaseException:
             self._engine.dispose()
             raise
@@ -157,38 +163,55 @@ class RunStore:
     # ------------------------------------------------------------------ opening
 
     @staticmethod
-    def _connect(target: str, *, must_exist: bool) -> tuple[Engine, str]:
-        """Build the engine; returns it with a printable name for messages (no password)."""
-        if target in ("", ":memory:"):
+    def _connect(target: str, *, must_exist: bool, timeout: float) -> tuple[Engine, str, str | None]:
+        """Build the engine; returns it with a printable name for messages (no password) and the
+        password (so messages from the driver can be scrubbed of it)."""
+        if target.strip() == "":
+            # An empty --db / VSEAM_DB is a mistake (an unset variable), not a wish for a
+            # throwaway registry whose runs vanish at exit.
+            raise VseamError(
+                "--db is empty",
+                hint="pass --db with a file path (e.g. runs.db) or a database URL; ':memory:' gives a throwaway registry",
+            )
+        if target == ":memory:":
             # One shared connection, else every pooled connection would see its own empty db.
             engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
             _install_sqlite_pragmas(engine, wal=False)
-            return engine, ":memory:"
+            return engine, ":memory:", None
         if "://" in target:
             try:
-                url = make_url(target)
+                url = connect.with_default_driver(make_url(target))
             except ArgumentError as e:
-                raise VseamError(f"--db {target!r} is not a valid SQLAlchemy URL: {e}") from e
+                raise VseamError(
+                    f"--db {connect.mask(target)!r} is not a valid SQLAlchemy URL: {connect.mask(str(e))}",
+                    hint="e.g. postgresql+psycopg://user@host/vseam or sqlite:///runs.db",
+                ) from None
             where = url.render_as_string(hide_password=True)
             if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
                 _check_sqlite_path(Path(url.database), where=where, must_exist=must_exist)
             try:
-                engine = create_engine(url)
-            except Exception as e:  # a missing driver surfaces here, e.g. ModuleNotFoundError
-                raise VseamError(f"cannot open run registry {where}: {e}") from e
+                engine = create_engine(url, connect_args=connect.connect_args(url, timeout))
+            except ImportError as e:  # the DBAPI module, e.g. psycopg, is not installed
+                raise connect.missing_driver(where, url, e) from None
+            except Exception as e:
+                raise VseamError(f"cannot open run registry {where}: {connect.mask(str(e), url.password)}") from None
             if url.get_backend_name() == "sqlite":
                 _install_sqlite_pragmas(engine, wal=url.database not in (None, "", ":memory:"))
-            return engine, where
+            return engine, where, url.password
         path = Path(target).expanduser()
         _check_sqlite_path(path, where=str(path), must_exist=must_exist)
         # A generous lock timeout: a query from another terminal may briefly hold the file.
         engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
         _install_sqlite_pragmas(engine, wal=True)
-        return engine, str(path)
+        return engine, str(path), None
 
     def _prepare_schema(self) -> None:
         """Create missing tables and record/verify the schema version, in one transaction."""
         with self._engine.begin() as conn:
+            if conn.dialect.name == "sqlite":
+                # Take the write lock before looking: processes opening a new file at once must
+                # not both find it empty and both create it (the others wait, then see it made).
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
             tables = set(inspect(conn).get_table_names())
             found: int | None = None
             if "meta" in tables:
@@ -210,10 +233,7 @@ class RunStore:
             if found is None:
                 conn.execute(Meta.__table__.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
             elif found < SCHEMA_VERSION:
-                # No older versions exist yet; a future migration goes here, before the bump.
-                conn.execute(
-                    Meta.__table__.update().where(Meta.key == "schema_version").values(value=str(SCHEMA_VERSION))
-                )
+                migrate(conn, found)
 
     def close(self) -> None:
         """Release the database connections (the file stays consistent either way)."""
@@ -232,12 +252,12 @@ class RunStore:
     def _tx(self) -> Iterator[Session]:
         """One short transaction that commits on exit, so each write is durable at once."""
         try:
-            with self._sessions.begin() as session:
+            with _TX_LOCK, self._sessions.begin() as session:
                 yield session
         except OperationalError as e:
             # Disk full, read-only file, a lock held too long: the user can act on these.
             raise VseamError(
-                f"run registry {self.where}: {e.orig}",
+                f"run registry {self.where}: {connect.mask(str(e.orig))}",
                 hint="check that the file is writable and not locked, or pass --db with another path",
             ) from e
 
@@ -262,8 +282,13 @@ class RunStore:
         device: str | None = None,
         seed: int | None = None,
         resumed_from: str | None = None,
+        host: str | None = None,
+        pid: int | None = None,
     ) -> str:
-        """Record a new run in state ``running`` and return its id (e.g. ``20261126-211530-3fa2c1``)."""
+        """Record a new run in state ``running`` and return its id (e.g. ``20261126-211530-3fa2c1``).
+
+        ``host`` and ``pid`` (default: this process) say who runs it; its heartbeat starts now.
+        """
         for _ in range(5):
             now = datetime.now(timezone.utc)
             run = Run(
@@ -282,6 +307,9 @@ class RunStore:
                 seed=seed,
                 resumed_from=resumed_from,
                 resume_count=0,
+                host=host or socket.gethostname(),
+                pid=os.getpid() if pid is None else pid,
+                heartbeat_at=now.replace(tzinfo=None),
             )
             try:
                 with self._tx() as session:
@@ -315,15 +343,23 @@ class RunStore:
     def mark_resumed(self, run_id: str) -> None:
         """Put a failed or interrupted run back to ``running`` for ``vseam run --resume``.
 
-        Its checkpoints, metrics and results stay; ``resume_count`` goes up by one.
+        Its checkpoints, metrics and results stay; ``resume_count`` goes up by one; this
+        process becomes its owner (host, pid) and its heartbeat starts again.
         """
         with self._tx() as session:
             run = self._run(session, run_id)
+            run.host, run.pid, run.heartbeat_at = socket.gethostname(), os.getpid(), _utcnow()
             run.status = "running"
             run.finished_at = None
             run.error_message = None
             run.error_traceback = None
             run.resume_count = (run.resume_count or 0) + 1
+
+    def heartbeat(self, run_id: str, at: datetime | None = None) -> None:
+        """Note that the run is alive (now, or at ``at``, an aware time: tests age a run with it)."""
+        stamp = _utcnow() if at is None else at.astimezone(timezone.utc).replace(tzinfo=None)
+        with self._tx() as session:
+            self._run(session, run_id).heartbeat_at = stamp
 
     def update_spec(self, run_id: str, spec_yaml: str, spec_hash: str) -> None:
         """Replace the stored resolved spec (e.g. once defaults resolved at run time are known)."""
@@ -629,6 +665,9 @@ class RunStore:
                     resume_count=r.resume_count or 0,
                     metrics=metrics[r.id],
                     artifacts=artifacts[r.id],
+                    host=r.host,
+                    pid=r.pid,
+                    heartbeat_at=_aware(r.heartbeat_at),
                 )
             )
         return records

@@ -22,11 +22,12 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Bump when a table or column changes; `RunStore` refuses a registry with a newer
 # version (an older vseam would misread it) and migrates older ones forward.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 RUN_STATUSES = ("running", "succeeded", "failed", "interrupted")
 TERMINAL_STATUSES = frozenset({"succeeded", "failed", "interrupted"})
@@ -71,6 +72,11 @@ class Run(Base):
     # prefer to start a fresh run seeded from an older one.
     resumed_from: Mapped[str | None] = mapped_column(String(64))
     resume_count: Mapped[int] = mapped_column(Integer, default=0)
+    # Who is running it and when it last showed signs of life (schema 2): a `running` run
+    # whose heartbeat went stale, or whose process is gone from its host, was killed.
+    host: Mapped[str | None] = mapped_column(String(256))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class Metric(Base):
@@ -145,3 +151,23 @@ class Document(Base):
     key: Mapped[str] = mapped_column(String(256))
     json: Mapped[str] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+# Schema changes, oldest first: MIGRATIONS[v] brings a registry from version v - 1 to v.
+# Plain DDL every supported backend (SQLite, PostgreSQL) understands; new columns are
+# nullable, so rows written by older versions stay valid.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (
+        "ALTER TABLE runs ADD COLUMN host VARCHAR(256)",
+        "ALTER TABLE runs ADD COLUMN pid INTEGER",
+        "ALTER TABLE runs ADD COLUMN heartbeat_at TIMESTAMP",
+    ),
+}
+
+
+def migrate(conn: Connection, found: int) -> None:
+    """Bring a registry at schema version `found` up to SCHEMA_VERSION, inside the caller's transaction."""
+    for version in range(found + 1, SCHEMA_VERSION + 1):
+        for statement in MIGRATIONS.get(version, ()):
+            conn.exec_driver_sql(statement)
+    conn.execute(Meta.__table__.update().where(Meta.key == "schema_version").values(value=str(SCHEMA_VERSION)))

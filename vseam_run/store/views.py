@@ -23,6 +23,7 @@ RESERVED_KEYS = frozenset(
         "run_id", "name", "status", "created_at", "finished_at", "duration_s", "device", "seed",
         "model", "model_hash", "model_entry", "spec", "spec_hash", "versions", "resumed_from",
         "resume_count", "summary", "metrics", "artifacts", "question_results", "error", "documents",
+        "stored_status", "host", "pid", "heartbeat_at",
     }
 )  # fmt: skip
 
@@ -62,7 +63,8 @@ def run_list_item(run: RunRecord) -> dict[str, Any]:
         {
             "run_id": run.id,
             "name": run.name,
-            "status": run.status,
+            # `lost`: stored as running, but its process is gone or its heartbeat is stale.
+            "status": run.shown_status(),
             "model": run.model_name,
             "device": run.device,
             "created_at": _iso(run.created_at),
@@ -88,7 +90,11 @@ def run_json(
     out: dict[str, Any] = {
         "run_id": run.id,
         "name": run.name,
-        "status": run.status,
+        "status": run.shown_status(),
+        "stored_status": run.status,
+        "host": run.host,
+        "pid": run.pid,
+        "heartbeat_at": _iso(run.heartbeat_at),
         "created_at": _iso(run.created_at),
         "finished_at": _iso(run.finished_at),
         "duration_s": run.duration_s,
