@@ -377,7 +377,9 @@ class _Stages:
                                   seed=spec.seed, batch_size=spec.batch_size, controls=settings.control_draws)
             self.stage(prefix, eval_fp, lambda split=split, prefix=prefix, label=label: stage.evaluate_set(
                 self.vlm, sets.get(split, f"evaluate.protocol: {settings.protocol}"), scales, prefix, label, settings, sink))
-        stage.side_by_side(self.metrics, scales, settings, sink)
+        if len(stage.protocol_sets(settings.protocol)) > 1:
+            self.stage("eval.protocols", fingerprint(modulation=mod_fp, protocol=settings.protocol),
+                       lambda: stage.side_by_side(self.metrics, scales, settings, sink))
         ev = spec.evaluate
         for extra in (ev.extra if ev else []):
             extra_fp = fingerprint(modulation=mod_fp, extra=extra, bootstrap=settings.bootstrap, seed=spec.seed,
