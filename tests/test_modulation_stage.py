@@ -79,7 +79,7 @@ def test_spec_accepts_and_checks_the_new_fields():
     s = Spec.model_validate({**base, "modulation": {"policy": "paper"}, "evaluate": {"protocol": "both"}})
     assert s.modulation.k == "auto" and s.modulation.lam == "auto" and 0.0 in s.modulation.grid
     assert s.evaluate.answer_match == "first_token" and s.evaluate.control_draws == 5
-    for bad in ({"policy": "paper", "lam": -1}, {"policy": "paper", "k_grid": [0]}, {"policy": "learned", "clip": [1.2, 2]},
+    for bad in ({"policy": "paper", "lam": -1}, {"policy": "paper", "k_grid": [0]}, {"policy": "paper", "grid": [0, float("inf")]}, {"policy": "learned", "clip": [1.2, 2]},
                 {"policy": "learned", "lam": 1}):
         with pytest.raises(Exception):
             Spec.model_validate({**base, "modulation": bad})

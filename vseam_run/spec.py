@@ -186,14 +186,14 @@ class PaperPolicy(_Strict):
     @field_validator("grid")
     @classmethod
     def _nonneg_lam(cls, v: list[float]) -> list[float]:
-        if not v or min(v) < 0:
-            raise ValueError("grid needs at least one λ, all ≥ 0")
+        if not v or min(v) < 0 or not all(math.isfinite(x) for x in v):
+            raise ValueError("grid needs at least one λ, all finite and ≥ 0")
         return v
 
     @field_validator("lam")
     @classmethod
     def _lam_nonneg(cls, v: float | str) -> float | str:
-        if not isinstance(v, str) and v < 0:
+        if not isinstance(v, str) and (v < 0 or not math.isfinite(v)):
             raise ValueError("λ must be ≥ 0 (the formula's signs already say which heads go up or down)")
         return v
 
