@@ -36,6 +36,8 @@ search: {{strategy: exact, scoring: signed}}
 modulation: {{policy: linear, lam: auto, grid: [4.0]}}
 evaluate:
   bootstrap: 100
+  protocol: both
+  control_draws: 2
   ablation: {{k: 2, trials: 2}}
   extra: [{{name: more, source: toyworld, toyworld: {{images: 4, seed: 3}}, limit: 6}}]
 """
@@ -103,7 +105,8 @@ def uninterrupted(folder) -> Snapshot:
     snap = Snapshot.of(folder / "full.db", run.id)
     # The comparison below is only worth something if the run did everything.
     assert {"baseline", "edited", "eval.test.baseline", "eval.test.modulated", "eval.more.modulated"} <= set(snap.rows)
-    assert {"heads", "modulation", "lambda_selection", "ablation", "eval.test.summary", "eval.more.summary"} <= set(snap.documents)
+    assert {"heads", "modulation", "lambda_selection", "ablation", "eval.test.summary", "eval.more.summary",
+            "eval.in_sample.summary", "eval.protocols"} <= set(snap.documents)
     assert "ablation.positive.accuracy_drop" in snap.metrics and snap.metrics["modulation.lambda"] == 4.0
     base = {r["qid"]: r["gold_prob"] for r in snap.rows["eval.test.baseline"]}
     assert any(r["gold_prob"] != base[r["qid"]] for r in snap.rows["eval.test.modulated"]), "modulation changed nothing"
@@ -193,8 +196,11 @@ CASES = [
     ("mid-search-after-layer-1", after_search_layers(2), ["exact:2"], set()),
     ("search-every-layer-stored", after_search_layers(3), [], set()),
     ("after-search", after_stage("search"), [], set()),
+    ("after-modulation", after_stage("modulation"), [], set()),
     ("during-eval-test", after_rows("eval.test.baseline"), [], {"eval.test.baseline"}),
     ("after-eval-test", after_stage("eval.test"), [], set()),
+    ("after-eval-in-sample", after_stage("eval.in_sample"), [], set()),
+    ("after-eval-extra", after_stage("eval.more"), [], set()),
     ("during-ablation", during_ablation(3), [], set()),
     ("after-ablation", after_stage("ablation"), [], set()),
 ]

@@ -20,7 +20,14 @@ import numpy as np
 
 __all__ = [
     "CI",
+    "YES_NO_MEASURES",
     "ArmComparison",
+    "MeasureComparison",
+    "YesNoComparison",
+    "answer_label",
+    "apply_answer_match",
+    "compare_yes_no",
+    "normalize_token",
     "CategoryComparison",
     "GroupStats",
     "Summary",
@@ -398,3 +405,193 @@ def compare_arms(
         categories=categories,
         alpha=alpha,
     )
+
+
+# ---------------------------------------------------------------------------
+# Answer matching and the yes/no benchmarks' own measures (POPE, GQA yes/no)
+# ---------------------------------------------------------------------------
+
+AnswerMatch = str  # "first_token" | "variants"
+YES_NO = ("yes", "no")
+# Markers tokenizers put before a word that follows a space (SentencePiece, byte-level BPE).
+_SPACE_MARKERS = "▁Ġ "
+
+
+def normalize_token(token: str) -> str:
+    """A predicted token as a bare lower-case word: leading-space markers and spaces stripped."""
+    return token.lstrip(_SPACE_MARKERS).strip().lower()
+
+
+def answer_label(pred: str, rule: AnswerMatch, canonical: Mapping[str, str] | None = None) -> str:
+    """'yes', 'no' or 'other' for a predicted token under an answer-matching rule.
+
+    ``first_token``: the prediction is yes (no) only if it is exactly the token the gold
+    answer yes (no) is scored by — ``canonical`` maps 'yes'/'no' to those token strings.
+    ``variants``: any case or leading-space variant of yes / no counts.
+    """
+    if rule == "variants":
+        word = normalize_token(pred)
+        return word if word in YES_NO else "other"
+    if rule != "first_token":
+        raise ValueError(f"unknown answer_match {rule!r}; expected 'first_token' or 'variants'")
+    if canonical is None:
+        raise ValueError("answer_match first_token needs the canonical yes/no tokens")
+    for word in YES_NO:
+        if pred == canonical.get(word):
+            return word
+    return "other"
+
+
+def is_yes_no(gold: str) -> bool:
+    return gold.strip().lower() in YES_NO
+
+
+def apply_answer_match(rows: Sequence[Mapping[str, Any]], rule: AnswerMatch) -> list[dict[str, Any]]:
+    """Rows with ``correct`` decided by ``rule`` (copies; the input is left alone).
+
+    ``first_token`` keeps the scorer's rule (argmax == the gold answer's first token).
+    ``variants`` re-decides yes/no questions only: correct when the predicted token is any
+    case / leading-space variant of the gold word; other questions keep the first-token rule.
+    Each row's ``extra`` gets ``answer_match`` so stored records say which rule judged them.
+    """
+    if rule not in ("first_token", "variants"):
+        raise ValueError(f"unknown answer_match {rule!r}; expected 'first_token' or 'variants'")
+    out = []
+    for r in rows:
+        row = dict(r, extra={**(r.get("extra") or {}), "answer_match": rule})
+        if rule == "variants" and is_yes_no(str(r["gold"])):
+            row["correct"] = normalize_token(str(r["pred"])) == str(r["gold"]).strip().lower()
+        out.append(row)
+    return out
+
+
+YES_NO_MEASURES = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+
+
+def _yes_no_stats(gold_yes: np.ndarray, pred_yes: np.ndarray, pred_no: np.ndarray, idx: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The measures over the rows of ``idx`` (``[replicates, n]``; all rows when None), vectorised.
+
+    Positive class = yes. 'other' predictions are neither yes nor no: wrong for accuracy,
+    a missed yes for recall. Undefined ratios (no predicted yes, no gold yes) are NaN.
+    """
+    if idx is None:
+        idx = np.arange(gold_yes.size)[None, :]
+    g, py, pn = gold_yes[idx], pred_yes[idx], pred_no[idx]
+    n = idx.shape[1]
+    tp = (g & py).sum(1).astype(np.float64)
+    fp = (~g & py).sum(1).astype(np.float64)
+    fn = (g & ~py).sum(1).astype(np.float64)
+    tn = (~g & pn).sum(1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = tp / (tp + fp)
+        recall = tp / (tp + fn)
+        f1 = 2 * tp / (2 * tp + fp + fn)
+    return {"accuracy": (tp + tn) / n, "precision": precision, "recall": recall, "f1": f1, "yes_ratio": (tp + fp) / n}
+
+
+@dataclass(frozen=True)
+class MeasureComparison:
+    """One yes/no measure, baseline vs modulated, each with a bootstrap interval, and their difference."""
+
+    baseline: CI
+    modulated: CI
+    diff: CI
+
+
+@dataclass(frozen=True)
+class YesNoComparison:
+    """POPE-style measures, overall and per split (category), baseline vs modulated."""
+
+    n: int
+    rule: str
+    measures: dict[str, MeasureComparison]
+    groups: dict[str, "YesNoComparison"] = field(default_factory=dict)
+    other_baseline: int = 0
+    other_modulated: int = 0
+
+    def as_metrics(self, prefix: str) -> dict[str, float]:
+        """``{prefix}.yesno.{measure}.{baseline,modulated}`` plus ``…diff_ci_low/high``; per group
+        ``{prefix}.yesno.{group}.{measure}.{baseline,modulated}``."""
+        out: dict[str, float] = {f"{prefix}.yesno.n": float(self.n),
+                                 f"{prefix}.yesno.other.baseline": float(self.other_baseline),
+                                 f"{prefix}.yesno.other.modulated": float(self.other_modulated)}
+        for name, m in self.measures.items():
+            out[f"{prefix}.yesno.{name}.baseline"] = m.baseline.estimate
+            out[f"{prefix}.yesno.{name}.modulated"] = m.modulated.estimate
+            out[f"{prefix}.yesno.{name}.diff_ci_low"] = m.diff.low
+            out[f"{prefix}.yesno.{name}.diff_ci_high"] = m.diff.high
+        for group, g in self.groups.items():
+            for name, m in g.measures.items():
+                out[f"{prefix}.yesno.{group}.{name}.baseline"] = m.baseline.estimate
+                out[f"{prefix}.yesno.{group}.{name}.modulated"] = m.modulated.estimate
+        return out
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Table rows: one per (group, measure), groups first, then ``all``."""
+        out = []
+        for group, comp in [*self.groups.items(), ("all", self)]:
+            for name, m in comp.measures.items():
+                out.append({"split": group, "n": comp.n, "measure": name, "baseline": m.baseline.estimate,
+                            "baseline 95% CI": m.baseline, "modulated": m.modulated.estimate,
+                            "modulated 95% CI": m.modulated, "Δ": m.diff.estimate, "Δ 95% CI": m.diff})
+        return out
+
+
+def _interval(point: float, stats: np.ndarray, alpha: float) -> CI:
+    finite = stats[np.isfinite(stats)]
+    if finite.size == 0 or not math.isfinite(point):
+        return CI(math.nan, math.nan, point)
+    low, high = np.quantile(finite, [alpha / 2.0, 1.0 - alpha / 2.0])
+    return CI(float(low), float(high), point)
+
+
+def _yes_no_one(gold_yes, base_labels, mod_labels, n_boot, seed, alpha, rule) -> YesNoComparison:
+    arrays = [(lab == "yes", lab == "no") for lab in (base_labels, mod_labels)]
+    points = [_yes_no_stats(gold_yes, py, pn) for py, pn in arrays]
+    idx = np.random.default_rng(seed).integers(0, gold_yes.size, size=(n_boot, gold_yes.size))
+    boots = [_yes_no_stats(gold_yes, py, pn, idx) for py, pn in arrays]
+    measures = {}
+    for name in YES_NO_MEASURES:
+        pb, pm = float(points[0][name][0]), float(points[1][name][0])
+        measures[name] = MeasureComparison(
+            _interval(pb, boots[0][name], alpha), _interval(pm, boots[1][name], alpha),
+            _interval(pm - pb, boots[1][name] - boots[0][name], alpha),
+        )
+    return YesNoComparison(int(gold_yes.size), rule, measures,
+                           other_baseline=int((base_labels == "other").sum()), other_modulated=int((mod_labels == "other").sum()))
+
+
+def compare_yes_no(
+    base_rows: Sequence[Mapping[str, Any]],
+    mod_rows: Sequence[Mapping[str, Any]],
+    rule: AnswerMatch,
+    canonical: Mapping[str, str] | None = None,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    by: str = "category",
+) -> YesNoComparison | None:
+    """Accuracy, precision, recall, F1 and yes-ratio (positive class: yes), baseline vs modulated.
+
+    Only for sets whose every gold answer is yes or no (POPE, GQA yes/no files, the toy
+    world); returns None otherwise. Predictions are labelled by :func:`answer_label` under
+    ``rule``. Intervals: percentile bootstrap over questions, the same draws for both arms
+    (so the difference is paired); per ``by`` group (POPE's random / popular / adversarial
+    splits) when there is more than one group.
+    """
+    base, mod = list(base_rows), list(mod_rows)
+    if not base or not all(is_yes_no(str(r["gold"])) for r in base):
+        return None
+    mod_by = {r["qid"]: r for r in mod}
+    if set(mod_by) != {r["qid"] for r in base}:
+        raise ValueError("compare_yes_no: arms do not cover the same questions")
+    gold_yes = np.array([str(r["gold"]).strip().lower() == "yes" for r in base])
+    base_lab = np.array([answer_label(str(r["pred"]), rule, canonical) for r in base])
+    mod_lab = np.array([answer_label(str(mod_by[r["qid"]]["pred"]), rule, canonical) for r in base])
+    overall = _yes_no_one(gold_yes, base_lab, mod_lab, n_boot, seed, alpha, rule)
+    groups = _group_indices([_group_key(r, by, i) for i, r in enumerate(base)])
+    if len(groups) > 1:
+        per = {g: _yes_no_one(gold_yes[ix], base_lab[ix], mod_lab[ix], n_boot, seed, alpha, rule) for g, ix in groups.items()}
+        overall = YesNoComparison(overall.n, rule, overall.measures, per, overall.other_baseline, overall.other_modulated)
+    return overall

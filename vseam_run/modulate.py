@@ -8,11 +8,20 @@ they come and tests need no model.
 
 Policies:
 
-* **linear** (the paper's): ``clip(1 + λ·score, lo, hi)`` on every head.
+* **paper** (the paper's framework figure): the top-K positive heads are enhanced by
+  ``1 + λ·pos/max(pos)`` and the top-K negative heads suppressed by ``1 − λ·neg/max(neg)``,
+  clipped; K and λ are chosen on the val split (:func:`paper_scales`, :func:`select_grid`).
+* **linear** (the *released script's* policy, not the paper's figure):
+  ``clip(1 + λ·score, lo, hi)`` on every head with its signed score. The script fixed
+  λ = 1 and evaluated in-sample, on 200 of the questions it had scored heads on.
 * **top-k**: the k strongest positive heads get ``alpha``, the k strongest negative
   heads get ``beta``, all others 1.
+* **learned**: per-head scales fitted by gradient descent (``vseam_run/learned.py``).
 
-λ is chosen on a validation split by :func:`select_lambda`, never on the test split.
+Controls: :func:`permuted_scales` puts a policy's scale values on random heads.
+
+λ (and K) are chosen on a validation split by :func:`select_lambda` /
+:func:`select_grid`, never on the test split.
 """
 
 from __future__ import annotations
@@ -28,10 +37,15 @@ __all__ = [
     "DEFAULT_LAMBDA_GRID",
     "LambdaChoice",
     "LambdaPoint",
+    "GridChoice",
+    "GridPoint",
     "ScoreSource",
     "head_score",
     "linear_scales",
+    "paper_scales",
+    "permuted_scales",
     "random_heads",
+    "select_grid",
     "select_lambda",
     "top_heads",
     "topk_scales",
@@ -286,3 +300,110 @@ def select_lambda(grid: Sequence[float], evaluate: Callable[[float], float]) -> 
     tied = [p for p in table if acc(p) >= top - _TIE_TOL]
     best = min(tied, key=lambda p: (abs(p.lam), p.lam < 0))
     return LambdaChoice(best.lam, table)
+
+
+# ---------------------------------------------------------------------------
+# The paper's policy: top-K positive heads up, top-K negative heads down
+# ---------------------------------------------------------------------------
+
+
+def paper_scales(positive: Array, negative: Array, k: int, lam: float, lo: float = 0.0, hi: float = 2.0) -> Array:
+    """The paper's framework-figure policy, as a scale matrix.
+
+    Each of the top-``k`` positive heads (score > 0) gets ``+λ·pos/max(pos)``, each of the
+    top-``k`` negative heads ``−λ·neg/max(neg)``, added to 1 and clipped to ``[lo, hi]``;
+    every other head stays exactly 1. The maxima are over all heads (the strongest head of
+    each kind reaches ``1 ± λ``). Normalising each matrix by its own maximum also makes the
+    two comparable, since they are averaged over different question sets; a head in both
+    lists gets both terms, so equal normalised evidence cancels. λ = 0 returns exact ones.
+    """
+    _check_2d(positive, "positive")
+    if tuple(positive.shape) != tuple(negative.shape):
+        raise ValueError(
+            f"positive and negative scores differ in shape: {tuple(positive.shape)} vs {tuple(negative.shape)}"
+        )
+    if not lo <= 1.0 <= hi:
+        raise ValueError(f"clip range must contain 1 (lo <= 1 <= hi), got lo={lo}, hi={hi}")
+    if not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"lambda must be finite and >= 0, got {lam}")
+    pos = _to_numpy(positive).astype(np.float64)
+    neg = _to_numpy(negative).astype(np.float64)
+    delta = np.zeros_like(pos)
+    if lam > 0:
+        pos_norm, neg_norm = _max_positive(pos), _max_positive(neg)
+        for layer, head, value in top_heads(pos, k):
+            delta[layer, head] += lam * value / pos_norm
+        for layer, head, value in top_heads(neg, k):
+            delta[layer, head] -= lam * value / neg_norm
+    out = np.where(delta == 0, 1.0, np.clip(1.0 + delta, lo, hi))
+    if _is_torch(positive):
+        import torch
+
+        dtype = positive.dtype if positive.is_floating_point() else torch.float32
+        return torch.as_tensor(out, dtype=dtype, device=positive.device)
+    return out
+
+
+class GridPoint(NamedTuple):
+    """One parameter setting and the validation accuracy it reached."""
+
+    params: dict[str, float]
+    val_accuracy: float
+
+
+class GridChoice(NamedTuple):
+    """The chosen setting and every setting tried, in grid order."""
+
+    best: dict[str, float]
+    table: list[GridPoint]
+
+
+def select_grid(
+    candidates: Sequence[dict[str, float]],
+    evaluate: Callable[[dict[str, float]], float],
+    gentleness: Callable[[dict[str, float]], tuple],
+) -> GridChoice:
+    """Evaluate every candidate setting and return the most accurate one.
+
+    Ties go to the smallest ``gentleness(params)`` (e.g. ``(λ, K)``: the gentler
+    intervention explains the same accuracy). A NaN accuracy counts as worst.
+    """
+    if not candidates:
+        raise ValueError("parameter grid is empty")
+    table = [GridPoint(dict(c), float(evaluate(dict(c)))) for c in candidates]
+
+    def acc(point: GridPoint) -> float:
+        return -math.inf if math.isnan(point.val_accuracy) else point.val_accuracy
+
+    top = max(acc(p) for p in table)
+    best = min((p for p in table if acc(p) >= top - _TIE_TOL), key=lambda p: gentleness(p.params))
+    return GridChoice(best.params, table)
+
+
+# ---------------------------------------------------------------------------
+# Controls: the same scale values on random heads
+# ---------------------------------------------------------------------------
+
+
+def permuted_scales(scales: Array, rng: np.random.Generator | int) -> Array:
+    """The same scale values moved to randomly chosen heads: a permutation over heads.
+
+    ``scales`` is ``[layers, heads]`` or ``[layers, groups, heads]`` (per position group);
+    heads are permuted over all ``layers × heads`` slots, a head's values in every group
+    moving together. So the control changes exactly as many heads as the policy, by
+    exactly the same amounts, and differs only in *which* heads.
+    """
+    if len(scales.shape) not in (2, 3):
+        raise ValueError(f"scales must be [layers, heads] or [layers, groups, heads], got shape {tuple(scales.shape)}")
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    arr = _to_numpy(scales)
+    layers, heads = arr.shape[0], arr.shape[-1]
+    # Put the head axis first, flattened with layers: [layers*heads, groups or 1].
+    slots = np.moveaxis(arr.reshape(layers, -1, heads), 2, 1).reshape(layers * heads, -1)
+    moved = slots[gen.permutation(layers * heads)]
+    out = np.moveaxis(moved.reshape(layers, heads, -1), 1, 2).reshape(arr.shape)
+    if _is_torch(scales):
+        import torch
+
+        return torch.as_tensor(out, dtype=scales.dtype, device=scales.device)
+    return out

@@ -32,7 +32,7 @@ from vseam_run.data.toyworld import ToyWorldParams
 from vseam_run.device import resolve_device, resolve_dtype
 from vseam_run.errors import VseamError
 from vseam_run.fingerprint import Fingerprint, fingerprint, items_part, model_part, questions_part, spec_changes
-from vseam_run.heads import ablate_heads_edits, scale_edits
+from vseam_run.heads import ablate_heads_edits
 from vseam_run.ledger import StageCheckpointer, StageLedger
 from vseam_run.progress import silence_libraries
 from vseam_run.scoring import Item, ScoredSet, accuracy
@@ -241,7 +241,7 @@ class _Stages:
         if not self.vlm.replay:
             self.log(f"  fast path off (self-check diff {self.metrics['check.max_prob_diff']:.3g}): every number from model(**inputs)")
         baseline_fp = fingerprint(model=self.model, questions=items_part(items), untokenizable=untokenizable,
-                                  batch_size=spec.batch_size)
+                                  batch_size=spec.batch_size, answer_match=self._answer_match())
         rows = self.stage("baseline", baseline_fp, lambda: self._baseline(items, untokenizable))
         if spec.edit is not None:
             edit_fp = fingerprint(baseline=baseline_fp, edit=spec.edit, questions=questions_part(loaded.questions))
@@ -275,6 +275,7 @@ class _Stages:
         self._record_untokenizable("data", untokenizable)
         # One streaming pass: an encoded set of every question would hold GBs for a 7B model.
         rows = ScoredSet.score_once(self.vlm, items, self.spec.batch_size, "baseline")
+        rows = evaluate.apply_answer_match(rows, self._answer_match())
         self.store.log_question_results(self.run_id, "baseline", rows)
         self.record(evaluate.summarize(rows).as_metrics("baseline"))
         self.log(f"  baseline accuracy {fmt.num(self.metrics['baseline.accuracy'])} on {len(rows)} questions")
@@ -371,80 +372,63 @@ class _Stages:
 
     # ---- modulation, evaluation, ablation --------------------------------------------------
 
-    def _scales(self, result: SearchResult, lam: float | None = None) -> torch.Tensor:
-        pol = self.spec.modulation
-        m = result.matrices
-        if pol is None or pol.policy == "none":
-            return torch.ones(m.signed.shape)
-        if pol.policy == "topk":
-            return torch.as_tensor(modulate.topk_scales(m.positive, m.negative, pol.k, pol.alpha, pol.beta), dtype=torch.float32)
-        score = modulate.head_score(m.positive, m.negative, m.signed, pol.score)
-        lo, hi = pol.clip
-        return torch.as_tensor(modulate.linear_scales(score, lam, lo, hi, pol.eps), dtype=torch.float32)
+    def _stage_settings(self):
+        from vseam_run.spec import EvaluateSpec
+        from vseam_run.stages.modulate import Settings
+
+        ev = self.spec.evaluate or EvaluateSpec()
+        return Settings(self.spec.modulation, ev.protocol, ev.answer_match, ev.control_draws, ev.bootstrap,
+                        self.spec.batch_size, self.spec.seed, self.spec.name)
+
+    def _sink(self):
+        from vseam_run.stages.modulate import Sink
+
+        return Sink(self.record, lambda key, obj: self.store.put_document(self.run_id, key, obj),
+                    lambda stage, rows: self.store.log_question_results(self.run_id, stage, rows),
+                    self.artifact, self.log, self.art_dir, self.label)
+
+    def _answer_match(self) -> str:
+        return self.spec.evaluate.answer_match if self.spec.evaluate else "first_token"
 
     def _modulate_and_evaluate(self, result: SearchResult, search_fp: Fingerprint, by_split: dict[str, list[Item]]) -> None:
-        """Sub-stages, each finished on its own: modulation (λ), eval.test, eval.<extra>…, ablation."""
+        """Sub-stages, each finished on its own: modulation (the scales), eval.test and/or eval.in_sample
+        (per evaluate.protocol, with random-head controls), eval.<extra>…, ablation. The logic is in
+        vseam_run/stages/modulate.py."""
+        from vseam_run.stages import modulate as stage
+
         spec = self.spec
         if not by_split["test"]:
             raise VseamError("evaluate: the test split is empty", hint="raise data.split.test or use more questions")
-        test_set: list[ScoredSet] = []
-
-        def test() -> ScoredSet:  # encoded once, and only when a stage still needs it
-            if not test_set:
-                test_set.append(ScoredSet(self.vlm, by_split["test"], spec.batch_size, "test"))
-            return test_set[0]
-
+        settings, sink = self._stage_settings(), self._sink()
+        sets = stage.SplitSets(self.vlm, by_split, spec.batch_size)  # encoded once, only when a stage needs one
         mod_fp = fingerprint(search=search_fp, modulation=spec.modulation, questions=items_part(by_split["val"]),
-                             batch_size=spec.batch_size)
-        scales = self.stage("modulation", mod_fp, lambda: self._modulation(result, by_split["val"]),
+                             batch_size=spec.batch_size, answer_match=settings.answer_match, seed=spec.seed)
+        scales = self.stage("modulation", mod_fp, lambda: stage.choose(self.vlm, result, sets, settings, sink),
                             save=lambda t: t.tolist(), load=lambda saved: torch.tensor(saved, dtype=torch.float32))
-        edits = scale_edits(scales)
+        edits = stage.edits_for(scales)
+        for split, prefix, label in stage.protocol_sets(settings.protocol):
+            eval_fp = fingerprint(modulation=mod_fp, questions=items_part(by_split[split]), bootstrap=settings.bootstrap,
+                                  seed=spec.seed, batch_size=spec.batch_size, controls=settings.control_draws)
+            self.stage(prefix, eval_fp, lambda split=split, prefix=prefix, label=label: stage.evaluate_set(
+                self.vlm, sets.get(split, f"evaluate.protocol: {settings.protocol}"), scales, prefix, label, settings, sink))
+        if len(stage.protocol_sets(settings.protocol)) > 1:
+            self.stage("eval.protocols", fingerprint(modulation=mod_fp, protocol=settings.protocol),
+                       lambda: stage.side_by_side(self.metrics, scales, settings, sink))
         ev = spec.evaluate
-        bootstrap = ev.bootstrap if ev else 2000
-        test_fp = fingerprint(modulation=mod_fp, questions=items_part(by_split["test"]), bootstrap=bootstrap,
-                              seed=spec.seed, batch_size=spec.batch_size)
-        self.stage("eval.test", test_fp, lambda: self._compare(test(), edits, "eval.test", "test"))
         for extra in (ev.extra if ev else []):
-            extra_fp = fingerprint(modulation=mod_fp, extra=extra, bootstrap=bootstrap, seed=spec.seed, batch_size=spec.batch_size)
+            extra_fp = fingerprint(modulation=mod_fp, extra=extra, bootstrap=settings.bootstrap, seed=spec.seed,
+                                   batch_size=spec.batch_size)
             self.stage(f"eval.{extra.name}", extra_fp, lambda extra=extra: self._evaluate_extra(extra, edits))
         if ev is not None and ev.ablation is not None:
             ablation_fp = fingerprint(search=search_fp, questions=items_part(by_split["test"]), ablation=ev.ablation,
                                       seed=spec.seed, batch_size=spec.batch_size)
-            self.stage("ablation", ablation_fp, lambda: self._ablation(result, test()))
-
-    def _modulation(self, result: SearchResult, val_items: list[Item]) -> torch.Tensor:
-        """The head scales: λ chosen on the val split when asked, then the policy's scales."""
-        spec, pol = self.spec, self.spec.modulation
-        lam = None
-        if pol is not None and pol.policy == "linear":
-            if pol.lam == "auto":
-                if not val_items:
-                    raise VseamError("modulation.lam: auto needs a val split", hint="set data.split.val > 0 or give λ as a number")
-                val = ScoredSet(self.vlm, val_items, spec.batch_size, "val")
-                choice = modulate.select_lambda(pol.grid, lambda l: accuracy(val.run(scale_edits(self._scales(result, l)))))
-                lam = choice.best
-                self.store.put_document(self.run_id, "lambda_selection", [{"lam": p.lam, "val_accuracy": p.val_accuracy} for p in choice.table])
-                self.artifact("lambda_curve", report.lambda_curve(choice, self.art_dir / "lambda_curve.png", n=len(by_split["val"]),
-                                                                  title=f"validation accuracy vs λ — {self.label}"))
-                self.log("  λ on val: " + ", ".join(f"{p.lam:g}→{fmt.num(p.val_accuracy)}" for p in choice.table) + f"; chose {lam:g}")
-            else:
-                lam = float(pol.lam)
-            self.record({"modulation.lambda": lam})
-        scales = self._scales(result, lam)
-        self.store.put_document(self.run_id, "modulation", {"policy": pol.policy if pol else "none", "lambda": lam,
-                                                            "scales": scales.tolist()})
-        return scales
+            self.stage("ablation", ablation_fp, lambda: self._ablation(result, sets.get("test", "evaluate")))
 
     def _compare(self, scored: ScoredSet, edits, prefix: str, label: str) -> None:
-        base_rows, mod_rows = scored.run(), scored.run(edits)
-        self.store.log_question_results(self.run_id, f"{prefix}.baseline", base_rows)
-        self.store.log_question_results(self.run_id, f"{prefix}.modulated", mod_rows)
-        cmp = evaluate.compare_arms(base_rows, mod_rows, n_boot=self.spec.evaluate.bootstrap if self.spec.evaluate else 2000,
-                                    seed=self.spec.seed)
-        self.record(cmp.as_metrics(prefix))
-        self.store.put_document(self.run_id, f"{prefix}.summary", report.comparison_rows(cmp, context={"dataset": label}))
-        self.log("")
-        self.log(report.comparison_table(cmp, title=f"{label}: baseline vs modulated (n = {cmp.n})"))
+        from vseam_run.stages import modulate as stage
+
+        settings = self._stage_settings()
+        stage.compare(scored, edits, prefix, label, settings, stage.Matcher.for_model(self.vlm, settings.answer_match), self._sink())
 
     def _evaluate_extra(self, extra: ExtraDataSpec, edits) -> None:
         loaded = self._load(extra, extra.toyworld)

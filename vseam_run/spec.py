@@ -251,7 +251,8 @@ class TraceSpec(_Strict):
 
 
 class LinearPolicy(_Strict):
-    """Scale every head by clip(1 + λ·score, lo, hi) (the paper's policy)."""
+    """Scale every head by clip(1 + λ·score, lo, hi): the released script's policy (it fixed λ = 1 and
+    evaluated in-sample), not the paper's framework figure (that is `policy: paper`)."""
 
     policy: Literal["linear"] = "linear"
     lam: float | Literal["auto"] = Field(1.0, description="λ, or auto: pick from `grid` by val-split accuracy (ties → smaller |λ|).")
@@ -296,13 +297,82 @@ class TopKPolicy(_Strict):
     beta: float = Field(0.5, ge=0, description="Scale of the top negative heads.")
 
 
+def _clip_contains_one(v: tuple[float, float]) -> tuple[float, float]:
+    if not v[0] <= 1.0 <= v[1]:
+        raise ValueError(f"clip must satisfy lo ≤ 1 ≤ hi (got [{v[0]}, {v[1]}])")
+    return v
+
+
+class PaperPolicy(_Strict):
+    """The paper's framework figure: top-K positive heads × (1 + λ·pos/max pos), top-K negative heads
+    × (1 − λ·neg/max neg), clipped; K and λ chosen on the val split from the grids (ties → gentler)."""
+
+    policy: Literal["paper"] = "paper"
+    k: int | Literal["auto"] = Field("auto", description="Heads per list, or auto: pick from `k_grid` on val.")
+    lam: float | Literal["auto"] = Field("auto", description="λ ≥ 0, or auto: pick from `grid` on val (0 included = no change).")
+    k_grid: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16], description="K values tried when k: auto.")
+    grid: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0], description="λ values tried when lam: auto.")
+    clip: tuple[float, float] = Field((0.0, 2.0), description="[lo, hi] bounds of a head's scale.")
+
+    @field_validator("clip")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return _clip_contains_one(v)
+
+    @field_validator("k_grid")
+    @classmethod
+    def _positive_k(cls, v: list[int]) -> list[int]:
+        if not v or min(v) < 1:
+            raise ValueError("k_grid needs at least one value, all ≥ 1")
+        return v
+
+    @field_validator("grid")
+    @classmethod
+    def _nonneg_lam(cls, v: list[float]) -> list[float]:
+        if not v or min(v) < 0 or not all(math.isfinite(x) for x in v):
+            raise ValueError("grid needs at least one λ, all finite and ≥ 0")
+        return v
+
+    @field_validator("lam")
+    @classmethod
+    def _lam_nonneg(cls, v: float | str) -> float | str:
+        if not isinstance(v, str) and (v < 0 or not math.isfinite(v)):
+            raise ValueError("λ must be ≥ 0 (the formula's signs already say which heads go up or down)")
+        return v
+
+
+class LearnedPolicy(_Strict):
+    """Per-head scales fitted by gradient descent on the search split (cross-entropy of the gold token
+    plus penalties keeping scales near 1 and the answer distribution near the unmodulated one),
+    early-stopped on val accuracy; evaluated on test like every policy."""
+
+    policy: Literal["learned"] = "learned"
+    positions: Literal["all", "last_vs_rest"] = Field(
+        "all", description="all: one scale per head. last_vs_rest: one for the last position, one for all others."
+    )
+    epochs: int = Field(30, ge=1, description="Most passes over the search split.")
+    patience: int = Field(5, ge=1, description="Stop after this many epochs without a better val accuracy.")
+    lr: float = Field(0.05, gt=0, description="Adam learning rate on the scales.")
+    l2: float = Field(1.0, ge=0, description="Weight of mean (scale − 1)²: keeps scales near 1.")
+    kl: float = Field(1.0, ge=0, description="Weight of KL(unmodulated ‖ modulated) of the next-token distribution.")
+    l1: float = Field(0.0, ge=0, description="Weight of mean |scale − 1|: pushes heads back to exactly 1 (sparsity).")
+    clip: tuple[float, float] = Field((0.0, 2.0), description="[lo, hi] bounds a scale is projected into after each step.")
+
+    @field_validator("clip")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return _clip_contains_one(v)
+
+
 class NonePolicy(_Strict):
     """No modulation (evaluation of the baseline only)."""
 
     policy: Literal["none"] = "none"
 
 
-ModulationSpec = Annotated[LinearPolicy | TopKPolicy | NonePolicy, Field(discriminator="policy")]
+ModulationSpec = Annotated[
+    LinearPolicy | TopKPolicy | PaperPolicy | LearnedPolicy | NonePolicy, Field(discriminator="policy")
+]
 
 
 class AblationSpec(_Strict):
@@ -339,6 +409,19 @@ class EvaluateSpec(_Strict):
     bootstrap: int = Field(2000, ge=100, description="Bootstrap resamples for the accuracy-difference interval.")
     extra: list[ExtraDataSpec] = Field(default_factory=list, description="Further datasets to evaluate the chosen modulation on.")
     ablation: AblationSpec | None = Field(None, description="Ablation validation settings; omit to skip it.")
+    protocol: Literal["held_out", "in_sample", "both"] = Field(
+        "held_out",
+        description="Where the modulation is evaluated: held_out (the test split), in_sample (the search split, "
+        "the questions the heads were scored on, as the released code did) or both, side by side.",
+    )
+    answer_match: Literal["first_token", "variants"] = Field(
+        "first_token",
+        description="first_token: correct = the argmax is the gold answer's first token. variants: for yes/no "
+        "answers, any case or leading-space variant of yes / no counts (e.g. 'yes', '▁Yes', 'YES').",
+    )
+    control_draws: int = Field(
+        5, ge=0, description="Random-head controls: seeded draws of the policy's scale values on random heads (0: none)."
+    )
 
 
 class Spec(_Strict):
@@ -363,7 +446,7 @@ class Spec(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_policy(cls, data: Any) -> Any:
-        # `modulation: {lam: 2}` means the paper's linear policy, as LinearPolicy's default says;
+        # `modulation: {lam: 2}` means the linear policy (the released script's), the historical default;
         # a discriminated union would otherwise reject it for lack of a tag.
         if isinstance(data, dict) and isinstance(data.get("modulation"), dict) and "policy" not in data["modulation"]:
             data = {**data, "modulation": {"policy": "linear", **data["modulation"]}}
