@@ -61,7 +61,7 @@ class Snapshot:
     metrics: dict[str, float]
     documents: dict[str, Any]
     rows: dict[str, list[dict]]
-    artifacts: dict[str, str]  # kind → sha256
+    artifacts: dict[str, str]  # kind → sha256 (figures: their file type; their titles carry the run id)
 
     @classmethod
     def of(cls, db: Path, run_id: str) -> "Snapshot":
@@ -73,8 +73,15 @@ class Snapshot:
             return cls(
                 rec.status, rec.spec_yaml,
                 {k: v for k, v in rec.metrics.items() if not k.startswith(TIMING)},
-                store.documents(run_id), rows, {a.kind: a.sha256 for a in rec.artifacts},
+                store.documents(run_id), rows, {a.kind: _content(a) for a in rec.artifacts},
             )
+
+
+def _content(artifact) -> str:
+    """What must be equal between two runs: a file's bytes, except a figure's, whose title names
+    its run (two runs never draw byte-identical figures); a figure is compared by kind and type."""
+    suffix = Path(artifact.path).suffix.lower()
+    return f"figure{suffix}" if suffix in (".png", ".svg", ".pdf") else artifact.sha256
 
 
 def stored_ids(db: Path, run_id: str) -> tuple[dict[str, list[int]], dict[str, str]]:
