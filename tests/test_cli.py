@@ -514,7 +514,7 @@ def test_interrupt_then_resume(capsys, here, tiny_llava_entry, monkeypatch):
         (["runs", "--bogus"], "No such option: --bogus"),
         (["show"], "Missing argument"),
         (["runs", "--limit", "abc"], "Invalid value for '--limit'"),
-        (["compare", "only-one"], "Missing argument 'run_b'"),
+        (["compare", "only-one"], "compare needs at least two runs"),
         (["specs", "cp"], "Missing argument"),
     ],
     ids=["bare", "unknown-command", "unknown-option", "unknown-sub-option", "missing-arg", "limit-abc", "compare-one", "specs-cp"],

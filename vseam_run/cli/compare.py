@@ -49,6 +49,9 @@ def compare(
     from vseam_run.findings import compare as compare_runs
     from vseam_run.findings import comparison_figure
 
+    if len(runs) < 2:  # a usage error (usage line, exit 2), before the registry is opened
+        raise typer.BadParameter("compare needs at least two runs", param_hint="RUNS")
+
     with open_registry(db) as store:
         ids = [store.resolve(r) for r in runs]
         result = compare_runs(store, ids, k=k, include_timings=all_)
