@@ -129,8 +129,10 @@ def run(
     force: bool = False,
     log: Log = _print,
     heartbeat_s: float | None = None,
+    resume_options: str = "",
 ) -> RunOutcome:
     """Run every stage of `spec`; with `resume`, continue that run id instead of starting one.
+    `resume_options` ends the printed resume command (e.g. " --db results.db").
 
     SIGTERM / SIGHUP end the run like Ctrl-C: it is recorded as interrupted and a
     `lifecycle.RunInterrupted` (a KeyboardInterrupt carrying the exit code) is raised.
@@ -148,7 +150,7 @@ def run(
             device=str(device), seed=spec.seed,
         )
         log(f"run {run_id} ({spec.name}) on {device}")
-    beat = lifecycle.heartbeat(store, run_id) if heartbeat_s is None else lifecycle.heartbeat(store, run_id, heartbeat_s)
+    beat = lifecycle.heartbeat(store, run_id, heartbeat_s or lifecycle.HEARTBEAT_INTERVAL_S)
     # The signal handlers stay installed while the outcome is recorded, so a second SIGTERM
     # (ignored there) cannot kill the process between the interruption and its record.
     with lifecycle.signals_interrupt():
@@ -158,7 +160,8 @@ def run(
         except KeyboardInterrupt as e:
             cause = lifecycle.interrupt_cause(e)
             store.set_status(run_id, "interrupted", error_message=f"interrupted ({cause})")
-            log(f"run {run_id} interrupted ({cause}); what was computed is kept. Continue with: vseam run --resume {run_id}")
+            log(f"run {run_id} interrupted ({cause}); what was computed is kept. "
+                f"Continue with: vseam run --resume {run_id}{resume_options}")
             raise
         except VseamError as e:
             store.set_status(run_id, "failed", error_message=str(e), error_traceback=traceback.format_exc())
@@ -225,7 +228,9 @@ class _Stages:
         items, untokenizable = self._items(loaded.questions, split_of, "data")
         baseline_fp = fingerprint(model=self.model, questions=items_part(items), untokenizable=untokenizable,
                                   batch_size=spec.batch_size)
-        rows = self.stage("baseline", baseline_fp, lambda: self._baseline(items, untokenizable))
+        # The rows are in the registry already; the ledger entry need not hold them twice.
+        rows = self.stage("baseline", baseline_fp, lambda: self._baseline(items, untokenizable),
+                          save=len, load=lambda _: self.store.question_results(self.run_id, "baseline"))
         if spec.edit is not None:
             edit_fp = fingerprint(baseline=baseline_fp, edit=spec.edit, questions=questions_part(loaded.questions))
             self.stage("edit", edit_fp, lambda: self._edits(loaded.questions, {r["qid"]: r for r in rows}))

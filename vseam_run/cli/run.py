@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -52,7 +53,8 @@ def run(
         spec_obj = load_spec(spec, overrides)
         run_id = None
     try:
-        out = pipeline.run(spec_obj, store, resume=run_id, force=force, log=lambda s: console().print(s, highlight=False, markup=False))
+        out = pipeline.run(spec_obj, store, resume=run_id, force=force, log=lambda s: console().print(s, highlight=False, markup=False),
+                           resume_options="" if db == DEFAULT_DB else f" --db {shlex.quote(store.where)}")  # no password
     except KeyboardInterrupt as e:
         # The pipeline recorded it and printed how to resume; exit as the shell would: 130, 143, 129.
         return lifecycle.exit_code(e)
