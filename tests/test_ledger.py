@@ -67,6 +67,9 @@ def test_checkpoints_are_filed_by_fingerprint(store):
     ledger.checkpointer("search", fingerprint(ablation="mean")).save("exact:0", [1.0])
     assert ledger.checkpointer("search", fingerprint(ablation="mean")).load() == {"exact:0": [1.0]}
     assert ledger.checkpointer("search", fingerprint(ablation="zero")).load() == {}
+    # Finished, the stage's outputs hold everything: its units are dropped.
+    ledger.mark("search", fingerprint(ablation="mean"), {"effects": [1.0]})
+    assert ledger.checkpointer("search", fingerprint(ablation="mean")).load() == {}
 
 
 def test_spec_changes_name_fields():

@@ -17,7 +17,8 @@ This is how `vseam run --resume` reproduces an uninterrupted run exactly. A stag
   it overwrites only what that unfinished stage had written.
 
 A long stage saves finer units (a search layer) through `ledger.checkpointer(name, fp)`,
-whose entries are filed under the stage's fingerprint, so only matching units are reused.
+whose entries are filed under the stage's fingerprint, so only matching units are reused;
+once the stage is finished its outputs hold everything, and those units are dropped.
 Entries live in the registry's checkpoints table (stage "stage", key = stage name), not
 in its documents, so `vseam show --json` stays readable.
 """
@@ -108,7 +109,12 @@ class StageLedger:
         entry = {"fingerprint": fp.value, "parts": fp.parts, "outputs": outputs}
         self.store.save_checkpoint(self.run_id, LEDGER_STAGE, name, entry)
         self._done[name] = entry
+        self.store.delete_checkpoints(self.run_id, self._units(name, fp))
 
     def checkpointer(self, name: str, fp: Fingerprint) -> StageCheckpointer:
         """Where stage `name` saves finer units; units saved under another fingerprint are not seen."""
-        return StageCheckpointer(self.store, self.run_id, f"{name}@{fp.value}")
+        return StageCheckpointer(self.store, self.run_id, self._units(name, fp))
+
+    @staticmethod
+    def _units(name: str, fp: Fingerprint) -> str:
+        return f"{name}@{fp.value}"

@@ -19,7 +19,10 @@ import threading
 from typing import Iterator
 
 from vseam_run.store import RunStore
-from vseam_run.store.records import HEARTBEAT_INTERVAL_S
+from vseam_run.store.records import HEARTBEAT_INTERVAL_S, STALE_AFTER_S
+
+__all__ = ["HEARTBEAT_INTERVAL_S", "STALE_AFTER_S", "RunInterrupted", "exit_code", "heartbeat", "interrupt_cause",
+           "signals_interrupt"]
 
 #: Signals handled like Ctrl-C (SIGINT keeps Python's own KeyboardInterrupt).
 HANDLED_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)

@@ -128,8 +128,10 @@ def run(
     log: Log = _print,
     heartbeat_s: float | None = None,
     on_created: Callable[[str], None] | None = None,
+    resume_options: str = "",
 ) -> RunOutcome:
     """Run every stage of `spec`; with `resume`, continue that run id instead of starting one.
+    `resume_options` ends the printed resume command (e.g. " --db results.db").
 
     SIGTERM / SIGHUP end the run like Ctrl-C: it is recorded as interrupted and a
     `lifecycle.RunInterrupted` (a KeyboardInterrupt carrying the exit code) is raised.
@@ -150,7 +152,7 @@ def run(
         log(f"run {run_id} ({spec.name}) on {device}")
     if on_created is not None:
         on_created(run_id)
-    beat = lifecycle.heartbeat(store, run_id) if heartbeat_s is None else lifecycle.heartbeat(store, run_id, heartbeat_s)
+    beat = lifecycle.heartbeat(store, run_id, heartbeat_s or lifecycle.HEARTBEAT_INTERVAL_S)
     # The signal handlers stay installed while the outcome is recorded, so a second SIGTERM
     # (ignored there) cannot kill the process between the interruption and its record.
     with lifecycle.signals_interrupt():
@@ -160,7 +162,8 @@ def run(
         except KeyboardInterrupt as e:
             cause = lifecycle.interrupt_cause(e)
             store.set_status(run_id, "interrupted", error_message=f"interrupted ({cause})")
-            log(f"run {run_id} interrupted ({cause}); what was computed is kept. Continue with: vseam run --resume {run_id}")
+            log(f"run {run_id} interrupted ({cause}); what was computed is kept. "
+                f"Continue with: vseam run --resume {run_id}{resume_options}")
             raise
         except VseamError as e:
             store.set_status(run_id, "failed", error_message=str(e), error_traceback=traceback.format_exc())
@@ -242,7 +245,9 @@ class _Stages:
             self.log(f"  fast path off (self-check diff {self.metrics['check.max_prob_diff']:.3g}): every number from model(**inputs)")
         baseline_fp = fingerprint(model=self.model, questions=items_part(items), untokenizable=untokenizable,
                                   batch_size=spec.batch_size, answer_match=self._answer_match())
-        rows = self.stage("baseline", baseline_fp, lambda: self._baseline(items, untokenizable))
+        # The rows are in the registry already; the ledger entry need not hold them twice.
+        rows = self.stage("baseline", baseline_fp, lambda: self._baseline(items, untokenizable),
+                          save=len, load=lambda _: self.store.question_results(self.run_id, "baseline"))
         if spec.edit is not None:
             edit_fp = fingerprint(baseline=baseline_fp, edit=spec.edit, questions=questions_part(loaded.questions))
             pairs = self.stage("edit", edit_fp, lambda: self._edits(loaded.questions, {r["qid"]: r for r in rows}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -65,7 +66,8 @@ def run(
         console().print(s, highlight=False, markup=False)
 
     try:
-        out = pipeline.run(spec_obj, store, resume=run_id, force=force, log=log)
+        out = pipeline.run(spec_obj, store, resume=run_id, force=force, log=log,
+                           resume_options="" if db == DEFAULT_DB else f" --db {shlex.quote(store.where)}")  # no password
     except KeyboardInterrupt as e:
         if started:
             # The pipeline recorded it and printed how to resume; exit as the shell would: 130, 143, 129.
