@@ -221,7 +221,18 @@ RUNS_PER_WORKER = 4
 METRICS_PER_RUN = 25
 
 
-def _writer(db: str, worker: int, barrier) -> None:
+def _writer(db: str, worker: int, barrier, errors=None) -> None:
+    try:
+        _write(db, worker, barrier)
+    except BaseException:
+        if errors is not None:
+            import traceback
+
+            errors.put(f"worker {worker}: {traceback.format_exc()}")
+        raise
+
+
+def _write(db: str, worker: int, barrier) -> None:
     barrier.wait()  # all four open the (new) file and write at the same moment
     with RunStore(db) as store:
         for r in range(RUNS_PER_WORKER):
@@ -236,13 +247,14 @@ def _writer(db: str, worker: int, barrier) -> None:
 def test_four_processes_write_one_sqlite_file(tmp_path):
     db = str(tmp_path / "shared" / "runs.db")
     ctx = multiprocessing.get_context("fork")
-    barrier = ctx.Barrier(4)
-    procs = [ctx.Process(target=_writer, args=(db, w, barrier)) for w in range(4)]
+    barrier, errors = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_writer, args=(db, w, barrier, errors)) for w in range(4)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(timeout=240)
-    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    problems = [errors.get(timeout=5) for _ in range(sum(p.exitcode != 0 for p in procs))]
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0], "\n".join(problems)
     with RunStore(db) as store:
         runs = store.list_runs()
         assert sorted(r.name for r in runs) == sorted(f"w{w}-{r}" for w in range(4) for r in range(RUNS_PER_WORKER))

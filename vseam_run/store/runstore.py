@@ -16,7 +16,9 @@ import math
 import os
 import secrets
 import socket
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -707,6 +709,22 @@ def _install_sqlite_pragmas(engine: Engine, *, wal: bool) -> None:
         try:
             cursor.execute("PRAGMA foreign_keys=ON")
             if wal:
-                cursor.execute("PRAGMA journal_mode=WAL")
+                _enable_wal(cursor)
         finally:
             cursor.close()
+
+
+def _enable_wal(cursor: Any, wait_s: float = 30.0) -> None:
+    """Switch the file to WAL (readers then never block the run). The switch needs a moment of
+    exclusive access that SQLite does not wait for, so a process opening a registry that another
+    one is creating retries for a while; once the file is in WAL mode this is a cheap read."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
