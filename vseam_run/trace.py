@@ -37,7 +37,7 @@ import hashlib
 import io
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ from torch import nn
 from vseam_run.errors import VseamError
 from vseam_run.progress import progress
 from vseam_run.vlm import VLM, Prepared, get_module
+from vseam_run.search import Checkpointer  # the same load() / save(key, payload) protocol
 
 COMPONENTS = ("resid", "attn", "mlp")
 DIRECTIONS = ("clean_to_edited", "edited_to_clean")
@@ -66,14 +67,6 @@ ROLE_HELP = {
 }
 #: Bump when the numbers a trace produces change meaning; part of the checkpoint fingerprint.
 TRACE_VERSION = 1
-
-
-class Checkpointer(Protocol):
-    """Where finished layers are saved so an interrupted trace resumes (the run registry)."""
-
-    def load(self) -> dict[str, Any]: ...
-
-    def save(self, key: str, payload: Any) -> None: ...
 
 
 @dataclass

@@ -19,6 +19,7 @@ from vseam_run import report
 from vseam_run import trace as tr
 from vseam_run.data.base import Question
 from vseam_run.errors import VseamError
+from vseam_run.ledger import StageCheckpointer
 from vseam_run.spec import TraceSpec
 from vseam_run.store import RunStore
 from vseam_run.vlm import VLM
@@ -76,17 +77,6 @@ class StageContext(Protocol):
     def artifact(self, kind: str, path: Path) -> None: ...
 
 
-class _StoreCheckpointer:
-    def __init__(self, store: RunStore, run_id: str) -> None:
-        self.store, self.run_id = store, run_id
-
-    def load(self) -> dict[str, Any]:
-        return self.store.load_checkpoints(self.run_id, STAGE)
-
-    def save(self, key: str, payload: Any) -> None:
-        self.store.save_checkpoint(self.run_id, STAGE, key, payload)
-
-
 def pairs_from_edits(vlm: VLM, questions: Sequence[Question], edits: Sequence[EditLike]) -> tuple[list[tr.TracePair], list[str]]:
     """TracePairs for edits whose two answers start with different tokens; the qids left out."""
     by_qid = {q.qid: q for q in questions}
@@ -127,7 +117,7 @@ def run_trace(ctx: StageContext, settings: TraceSpec, questions: Sequence[Questi
     if settings.method == "exact":
         fp = tr.fingerprint(candidates, model=vlm.entry.content_hash(), dtype=str(vlm.dtype), limit=settings.pairs, **kw)
         result = tr.exact_trace(vlm, pairs, batch_size=batch_size, batch_rows=settings.batch_rows,
-                                checkpoint=_StoreCheckpointer(ctx.store, ctx.run_id), key_prefix=f"exact.{fp}", **kw)
+                                checkpoint=StageCheckpointer(ctx.store, ctx.run_id, STAGE), key_prefix=f"exact.{fp}", **kw)
         spot = tr.spot_check(vlm, pairs, result, window=settings.window)
     elif settings.method == "attribution":
         result = tr.attribution_trace(vlm, pairs, batch_size=batch_size, **kw)
