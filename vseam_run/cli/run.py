@@ -31,7 +31,7 @@ def run(
 
     A resumed run keeps its spec: --set may not change a field of it (start a new run instead).
     """
-    from vseam_run import fmt, lifecycle, pipeline
+    from vseam_run import dist, fmt, lifecycle, pipeline
     from vseam_run.shipped import resolve_spec
     from vseam_run.spec import load_spec, validate_doc
     from vseam_run.store import RunStore
@@ -67,10 +67,12 @@ def run(
     try:
         out = pipeline.run(spec_obj, store, resume=run_id, force=force, log=log)
     except KeyboardInterrupt as e:
-        if started:
+        if started or not dist.env_world().main:
             # The pipeline recorded it and printed how to resume; exit as the shell would: 130, 143, 129.
             return lifecycle.exit_code(e)
         raise
+    if not dist.env_world().main:  # under torchrun, rank 0 prints the summary
+        return 0
     c = console()
     c.print(f"\n[bold green]run {out.run_id} succeeded[/]")
     keys = [k for k in ("baseline.accuracy", "baseline.gold_prob", "edit.accuracy", "search.seconds", "modulation.lambda",

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vseam_run import dist
 from vseam_run.heads import HeadEdit, ablate_heads_edits, ablation_delta, capture_o_proj_inputs, edit_heads
 from vseam_run.progress import progress
 from vseam_run.vlm import VLM, Prepared
@@ -94,14 +95,28 @@ class _Batch:
     offset: int  # index of the batch's first question in the whole list
 
 
-def _prepare_batches(vlm: VLM, items: Sequence[SearchItem], batch_size: int) -> list[_Batch]:
+def _prepare_batches(vlm: VLM, items: Sequence[SearchItem], batch_size: int, only: Sequence[int] | None = None) -> list[_Batch]:
+    """The encoded batches of `items` (only those numbered in `only`: a rank's share)."""
     batches, offset = [], 0
-    for chunk in _chunks(items, batch_size):
-        prep = vlm.prepare(vlm.encode([c.image for c in chunk], [c.question for c in chunk]))
-        gold = torch.tensor([c.gold_id for c in chunk], device=vlm.device)
-        batches.append(_Batch(prep, gold, offset))
+    keep = None if only is None else set(only)
+    for i, chunk in enumerate(_chunks(items, batch_size)):
+        if keep is None or i in keep:
+            prep = vlm.prepare(vlm.encode([c.image for c in chunk], [c.question for c in chunk]))
+            gold = torch.tensor([c.gold_id for c in chunk], device=vlm.device)
+            batches.append(_Batch(prep, gold, offset))
         offset += len(chunk)
     return batches
+
+
+def _gather_rows(w: dist.World, n_batches: int, batches: list[_Batch], mine: list[int], values: np.ndarray) -> None:
+    """Fill `values` (first axis = questions) with the rows the other ranks computed for their batches."""
+    if not w.active:
+        return
+    local = {i: values[b.offset : b.offset + len(b.prep)].copy() for i, b in zip(mine, batches)}
+    offset = 0
+    for part in dist.gather_units(n_batches, local, w):
+        values[offset : offset + len(part)] = part
+        offset += len(part)
 
 
 @torch.no_grad()
@@ -143,16 +158,27 @@ def exact_effects(
 
         per_layer = (picks >= 0).sum(0)
     vlm.require_replay("the exact search")
-    batches = _prepare_batches(vlm, items, batch_size)
-    vlm.check_truncation(batches[0].prep)
+    # Under torchrun each rank takes whole batches (round-robin) and the layer's effects are
+    # gathered before it is checkpointed: the numbers of one process, bit for bit.
+    w = dist.current()
+    n_batches = len(_chunks(items, batch_size))
+    mine = w.mine(n_batches)
+    batches = _prepare_batches(vlm, items, batch_size, only=mine)
+    if mine and mine[0] == 0:
+        vlm.check_truncation(batches[0].prep)
     hidden = [b.prep.embeds for b in batches]
-    base = [vlm.score(vlm.last_logits(b.prep), b.gold) for b in batches]
-    base_prob = torch.cat([s.gold_prob for s in base])
-    correct = torch.cat([s.correct for s in base])
+    base = {i: vlm.score(vlm.last_logits(b.prep), b.gold) for i, b in zip(mine, batches)}
+    if w.active:  # every rank needs every question's base probability (the same tensors, moved)
+        local = {i: (s.gold_prob.cpu(), s.correct.cpu()) for i, s in base.items()}
+        parts = dist.gather_units(n_batches, local, w)
+        base_prob, correct = torch.cat([p for p, _ in parts]).to(vlm.device), torch.cat([c for _, c in parts])
+    else:
+        base_prob, correct = torch.cat([s.gold_prob for s in base.values()]), torch.cat([s.correct for s in base.values()])
     effects = np.zeros((Q, L, H))
     todo = [l for l in range(L) if l not in done and per_layer[l] > 0]
     last_needed = max(todo, default=-1)
-    with progress(label, int(sum(per_layer[l] for l in todo))) as advance:
+    share = sum(len(b.prep) for b in batches) / max(Q, 1)
+    with progress(label, int(share * sum(per_layer[l] for l in todo))) as advance:
         for l in range(L):
             if l in done:
                 effects[:, l] = done[l]
@@ -160,6 +186,7 @@ def exact_effects(
                 for b, hid in zip(batches, hidden):
                     rows = rows_of(l, b.offset, len(b.prep))
                     _ablate_layer_rows(vlm, b, hid, l, rows, mode, batch_rows, base_prob, effects, advance)
+                _gather_rows(w, n_batches, batches, mine, effects[:, l])
                 if on_layer:
                     on_layer(l, effects[:, l])
             # Carry the hidden states on only while a later layer still has to be computed; the
@@ -265,7 +292,10 @@ def first_order_effects(vlm: VLM, items: Sequence[SearchItem], mode: str, *, bat
     base_prob = np.zeros(Q)
     correct = np.zeros(Q, dtype=bool)
     vlm.require_replay("the attribution search")
-    batches = _prepare_batches(vlm, items, batch_size)
+    w = dist.current()  # under torchrun: this rank's batches, gathered below
+    n_batches = len(_chunks(items, batch_size))
+    mine = w.mine(n_batches)
+    batches = _prepare_batches(vlm, items, batch_size, only=mine)
     with progress("search (attribution)", len(batches)) as advance:
         for b in batches:
             embeds = b.prep.embeds.detach().clone().requires_grad_(True)
@@ -285,4 +315,7 @@ def first_order_effects(vlm: VLM, items: Sequence[SearchItem], mode: str, *, bat
             base_prob[b.offset : b.offset + n] = probs.detach().cpu().numpy()
             correct[b.offset : b.offset + n] = scores.correct.cpu().numpy()
             advance(1)
+    _gather_rows(w, n_batches, batches, mine, effects)
+    _gather_rows(w, n_batches, batches, mine, base_prob)
+    _gather_rows(w, n_batches, batches, mine, correct)
     return Effects(effects, base_prob, correct)
