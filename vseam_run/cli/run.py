@@ -18,6 +18,7 @@ def run(
     device: DeviceOption = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue an interrupted or failed run (id, prefix or 'latest').")] = None,
     force: Annotated[bool, typer.Option("--force", help="With --resume: take over a run that still looks alive.")] = False,
+    run_id_file: Annotated[Optional[Path], typer.Option("--run-id-file", help="Write the run's id to this file once it is recorded (for a job script that resumes it after a requeue).")] = None,
 ) -> int:
     """Run an experiment spec and record it in the run registry.
 
@@ -65,7 +66,8 @@ def run(
         console().print(s, highlight=False, markup=False)
 
     try:
-        out = pipeline.run(spec_obj, store, resume=run_id, force=force, log=log)
+        out = pipeline.run(spec_obj, store, resume=run_id, force=force, log=log,
+                           on_created=None if run_id_file is None else lambda rid: _write_id(run_id_file, rid))
     except KeyboardInterrupt as e:
         if started or not dist.env_world().main:
             # The pipeline recorded it and printed how to resume; exit as the shell would: 130, 143, 129.
@@ -87,3 +89,11 @@ def run(
     # store.where, not db: a database URL's password must not be printed.
     c.print(f"details: vseam show {out.run_id}" + ("" if db == DEFAULT_DB else f" --db {store.where}"), highlight=False, markup=False)
     return 0
+
+
+def _write_id(path: Path, run_id: str) -> None:
+    """The run id, written whole (a temporary file renamed) so a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(run_id + "\n")
+    tmp.replace(path)
