@@ -73,9 +73,11 @@ def folder(tmp_path_factory, tiny_llava_entry) -> Path:
 def one_process(folder) -> Snapshot:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(folder)
-        rc, out = run_cli("run", "spec.yaml", "--db", "one.db")
+        rc, out = run_cli("run", "spec.yaml", "--db", "one.db", "--run-id-file", "ids/one.run")
     assert rc == 0, out
     snap = Snapshot.of(folder / "one.db", the_run(folder / "one.db"))
+    # What a job script reads to resume the run after a requeue (examples/slurm/vseam-job.sh).
+    assert (folder / "ids" / "one.run").read_text() == the_run(folder / "one.db") + "\n"
     # Worth comparing only if every sharded stage ran and the modulation changed something.
     assert {"baseline", "edited", "eval.test.baseline", "eval.test.modulated", "eval.in_sample.modulated",
             } <= set(snap.rows)

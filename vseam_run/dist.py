@@ -124,7 +124,7 @@ def session(device: torch.device) -> Iterator[World]:
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
     if backend == "nccl":
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(device_for(device, w))  # NCCL's collectives run on this rank's GPU
     tdist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s()))
     _WORLD = w
     try:
