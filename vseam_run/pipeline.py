@@ -372,7 +372,7 @@ class _Stages:
         result = search_heads(
             self.vlm, [SearchItem(it.qid, it.image, it.question, it.gold_id) for it in items],
             strategy=s.strategy, scoring=s.scoring, ablation=s.ablation, top_k=s.top_k, verify_k=s.verify_k,
-            batch_size=self.spec.batch_size, batch_rows=s.batch_rows,
+            batch_size=self.spec.batch_size, batch_rows=s.batch_rows, stream=s.stream,
             checkpoint=self.ledger.checkpointer("search", fp),
         )
         heads = result.to_json()

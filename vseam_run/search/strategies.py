@@ -11,7 +11,7 @@ first order from one forward and one backward pass per batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -108,15 +108,61 @@ def _prepare_batches(vlm: VLM, items: Sequence[SearchItem], batch_size: int, onl
     return batches
 
 
-def _gather_rows(w: dist.World, n_batches: int, batches: list[_Batch], mine: list[int], values: np.ndarray) -> None:
+def _spans(items: Sequence, batch_size: int) -> list[slice]:
+    """The questions of each batch, as slices of the whole list."""
+    return [slice(i, min(i + batch_size, len(items))) for i in range(0, len(items), batch_size)]
+
+
+def _gather_rows(w: dist.World, spans: list[slice], mine: list[int], values: np.ndarray) -> None:
     """Fill `values` (first axis = questions) with the rows the other ranks computed for their batches."""
     if not w.active:
         return
-    local = {i: values[b.offset : b.offset + len(b.prep)].copy() for i, b in zip(mine, batches)}
-    offset = 0
-    for part in dist.gather_units(n_batches, local, w):
-        values[offset : offset + len(part)] = part
-        offset += len(part)
+    local = {i: values[spans[i]].copy() for i in mine}
+    for span, part in zip(spans, dist.gather_units(len(spans), local, w)):
+        values[span] = part
+
+
+class _HeldBatches:
+    """This rank's batches encoded once and kept, with the hidden state entering the current layer:
+    each layer costs only its own rows; memory grows with the number of questions."""
+
+    def __init__(self, vlm: VLM, items: Sequence[SearchItem], batch_size: int, mine: list[int]) -> None:
+        self.vlm = vlm
+        self.batches = _prepare_batches(vlm, items, batch_size, only=mine)
+        self.hidden = [b.prep.embeds for b in self.batches]
+
+    def first(self) -> Iterator[_Batch]:
+        return iter(self.batches)
+
+    def at(self, layer: int) -> Iterator[tuple[_Batch, torch.Tensor]]:
+        return zip(self.batches, self.hidden)
+
+    def advance(self, layer: int) -> None:
+        self.hidden = [self.vlm.next_hidden(b.prep, layer, h) for b, h in zip(self.batches, self.hidden)]
+
+
+class _StreamedBatches:
+    """One batch in memory at a time (search.stream): for each layer every batch is encoded again
+    and carried through the layers before it. The same operations on the same batches give the
+    same numbers; the price is re-encoding, about 1/heads more layer passes, and memory that
+    grows with the batch, not with the number of questions."""
+
+    def __init__(self, vlm: VLM, items: Sequence[SearchItem], batch_size: int, mine: list[int]) -> None:
+        self.vlm, self.items, self.batch_size, self.mine = vlm, items, batch_size, mine
+
+    def first(self) -> Iterator[_Batch]:
+        for i in self.mine:
+            yield _prepare_batches(self.vlm, self.items, self.batch_size, only=[i])[0]
+
+    def at(self, layer: int) -> Iterator[tuple[_Batch, torch.Tensor]]:
+        for b in self.first():
+            hidden = b.prep.embeds
+            for k in range(layer):
+                hidden = self.vlm.next_hidden(b.prep, k, hidden)
+            yield b, hidden
+
+    def advance(self, layer: int) -> None:
+        pass
 
 
 @torch.no_grad()
@@ -132,6 +178,7 @@ def exact_effects(
     done: dict[int, np.ndarray] | None = None,
     on_layer: OnLayer | None = None,
     label: str = "search (exact)",
+    stream: bool = False,
 ) -> Effects:
     """Same numbers as `reference_effects`, fast.
 
@@ -161,39 +208,40 @@ def exact_effects(
     # Under torchrun each rank takes whole batches (round-robin) and the layer's effects are
     # gathered before it is checkpointed: the numbers of one process, bit for bit.
     w = dist.current()
-    n_batches = len(_chunks(items, batch_size))
-    mine = w.mine(n_batches)
-    batches = _prepare_batches(vlm, items, batch_size, only=mine)
-    if mine and mine[0] == 0:
-        vlm.check_truncation(batches[0].prep)
-    hidden = [b.prep.embeds for b in batches]
-    base = {i: vlm.score(vlm.last_logits(b.prep), b.gold) for i, b in zip(mine, batches)}
+    spans = _spans(items, batch_size)
+    mine = w.mine(len(spans))
+    source = (_StreamedBatches if stream else _HeldBatches)(vlm, items, batch_size, mine)
+    base: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # batch → (gold prob, correct)
+    for i, b in zip(mine, source.first()):
+        if i == 0:
+            vlm.check_truncation(b.prep)
+        s = vlm.score(vlm.last_logits(b.prep), b.gold)
+        base[i] = (s.gold_prob, s.correct)
     if w.active:  # every rank needs every question's base probability (the same tensors, moved)
-        local = {i: (s.gold_prob.cpu(), s.correct.cpu()) for i, s in base.items()}
-        parts = dist.gather_units(n_batches, local, w)
+        parts = dist.gather_units(len(spans), {i: (p.cpu(), c.cpu()) for i, (p, c) in base.items()}, w)
         base_prob, correct = torch.cat([p for p, _ in parts]).to(vlm.device), torch.cat([c for _, c in parts])
     else:
-        base_prob, correct = torch.cat([s.gold_prob for s in base.values()]), torch.cat([s.correct for s in base.values()])
+        base_prob, correct = torch.cat([p for p, _ in base.values()]), torch.cat([c for _, c in base.values()])
     effects = np.zeros((Q, L, H))
     todo = [l for l in range(L) if l not in done and per_layer[l] > 0]
     last_needed = max(todo, default=-1)
-    share = sum(len(b.prep) for b in batches) / max(Q, 1)
+    share = sum(spans[i].stop - spans[i].start for i in mine) / max(Q, 1)
     with progress(label, int(share * sum(per_layer[l] for l in todo))) as advance:
         for l in range(L):
             if l in done:
                 effects[:, l] = done[l]
             elif l in todo:
-                for b, hid in zip(batches, hidden):
+                for b, hid in source.at(l):
                     rows = rows_of(l, b.offset, len(b.prep))
                     _ablate_layer_rows(vlm, b, hid, l, rows, mode, batch_rows, base_prob, effects, advance)
-                _gather_rows(w, n_batches, batches, mine, effects[:, l])
+                _gather_rows(w, spans, mine, effects[:, l])
                 if on_layer:
                     on_layer(l, effects[:, l])
             # Carry the hidden states on only while a later layer still has to be computed; the
             # loop itself always runs over every layer, so stored layers are filled in after the
             # last computed one too (with every layer stored, nothing is computed at all).
             if l < last_needed:
-                hidden = [vlm.next_hidden(b.prep, l, hid) for b, hid in zip(batches, hidden)]
+                source.advance(l)
     return Effects(effects, base_prob.cpu().numpy().astype(np.float64), correct.cpu().numpy())
 
 
@@ -293,8 +341,8 @@ def first_order_effects(vlm: VLM, items: Sequence[SearchItem], mode: str, *, bat
     correct = np.zeros(Q, dtype=bool)
     vlm.require_replay("the attribution search")
     w = dist.current()  # under torchrun: this rank's batches, gathered below
-    n_batches = len(_chunks(items, batch_size))
-    mine = w.mine(n_batches)
+    spans = _spans(items, batch_size)
+    mine = w.mine(len(spans))
     batches = _prepare_batches(vlm, items, batch_size, only=mine)
     with progress("search (attribution)", len(batches)) as advance:
         for b in batches:
@@ -315,7 +363,7 @@ def first_order_effects(vlm: VLM, items: Sequence[SearchItem], mode: str, *, bat
             base_prob[b.offset : b.offset + n] = probs.detach().cpu().numpy()
             correct[b.offset : b.offset + n] = scores.correct.cpu().numpy()
             advance(1)
-    _gather_rows(w, n_batches, batches, mine, effects)
-    _gather_rows(w, n_batches, batches, mine, base_prob)
-    _gather_rows(w, n_batches, batches, mine, correct)
+    _gather_rows(w, spans, mine, effects)
+    _gather_rows(w, spans, mine, base_prob)
+    _gather_rows(w, spans, mine, correct)
     return Effects(effects, base_prob, correct)
