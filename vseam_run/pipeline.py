@@ -13,9 +13,11 @@ from its next unfinished layer, and refuses to mix results of different inputs.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.metadata
 import platform
+import shutil
 import tempfile
 import time
 import traceback
@@ -202,6 +204,7 @@ class _Stages:
         self.art_dir = Path(spec.workdir) / "runs" / run_id
         if not dist.world().main:  # rank 0 draws the figures; the others' copies go to a scratch folder
             self.art_dir = Path(tempfile.mkdtemp(prefix=f"vseam-rank{dist.world().rank}-"))
+            atexit.register(shutil.rmtree, self.art_dir, True)
         self.cache_dir = Path(spec.workdir) / "cache"
         self._answer_of: dict[str, str] = {}
 
