@@ -19,6 +19,32 @@ def items(tiny_vlm):
     return [SearchItem(str(i), e.image, e.question, g) for i, (e, g) in enumerate(zip(ex, gold))]
 
 
+@pytest.mark.parametrize("strategy", ["exact", "attribution+verify"])
+def test_streamed_exact_search_gives_the_held_numbers_bit_for_bit(tiny_vlm, items, strategy):
+    """search.stream re-encodes each batch per layer instead of keeping them: same numbers exactly,
+    and the layers are checkpointed (and resumed) the same way."""
+    kw = dict(strategy=strategy, scoring="signed", top_k=3, batch_size=3, batch_rows=5, verify_k=4)
+    held = search_heads(tiny_vlm, items, **kw)
+    saved: dict = {}
+
+    class Store:
+        def load(self):
+            return dict(list(saved.items())[:1])  # as if interrupted after the first stored layer
+
+        def save(self, key, payload):
+            saved[key] = payload
+
+    streamed = search_heads(tiny_vlm, items, stream=True, **kw)
+    search_heads(tiny_vlm, items, stream=True, checkpoint=Store(), **kw)  # stores every layer
+    resumed = search_heads(tiny_vlm, items, stream=True, checkpoint=Store(), **kw)  # layer 0 stored, the rest computed
+    assert np.abs(held.effects).max() > 1e-4
+    for other in (streamed, resumed):
+        np.testing.assert_array_equal(other.effects, held.effects)
+        np.testing.assert_array_equal(other.base_prob, held.base_prob)
+        np.testing.assert_array_equal(other.correct, held.correct)
+    assert len(saved) >= 2
+
+
 @pytest.mark.parametrize("mode", ["mean", "zero"])
 @pytest.mark.parametrize("scoring", ["subset", "signed"])
 def test_exact_equals_reference(tiny_vlm, items, mode, scoring):

@@ -130,16 +130,17 @@ def fit_scales(
     theta = torch.ones(shape, dtype=torch.float32, device=vlm.device, requires_grad=True)
     opt = torch.optim.Adam([theta], lr=lr)
     gen = torch.Generator().manual_seed(seed)
+    batches = search.every_batch()  # every rank fits on all of them: an SGD path cannot be split
     with torch.no_grad():  # the unmodulated distribution the KL term keeps the model near
-        base_logp = [F.log_softmax(_batch_logits(vlm, b, {}).float(), -1) for b in search.batches]
+        base_logp = [F.log_softmax(_batch_logits(vlm, b, {}).float(), -1) for b in batches]
     acc0, ce0 = _eval(val, theta.detach(), accuracy_fn)
     history = [EpochLog(0, math.nan, math.nan, acc0, ce0)]
     best, best_key, best_epoch, since = theta.detach().clone(), (acc0, -ce0), 0, 0
     with _frozen(vlm.model), torch.enable_grad():
         for epoch in range(1, epochs + 1):
             tot_loss, tot_ce, n = 0.0, 0.0, 0
-            for i in torch.randperm(len(search.batches), generator=gen).tolist():
-                batch = search.batches[i]
+            for i in torch.randperm(len(batches), generator=gen).tolist():
+                batch = batches[i]
                 logits = _batch_logits(vlm, batch, edits_for(theta, every_layer=True)).float()
                 ce = F.cross_entropy(logits, batch[1])
                 logp = F.log_softmax(logits, -1)

@@ -13,9 +13,12 @@ from its next unfinished layer, and refuses to mix results of different inputs.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib.metadata
 import platform
+import shutil
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -25,7 +28,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from vseam_run import evaluate, fmt, lifecycle, modulate, registry, report
+from vseam_run import dist, evaluate, fmt, lifecycle, modulate, registry, report
 from vseam_run.data import LoadResult, load_questions
 from vseam_run.data.base import Question
 from vseam_run.data.toyworld import ToyWorldParams
@@ -138,18 +141,36 @@ def run(
     `on_created(run_id)` is called once the run is recorded (a sweep tags it there).
     """
     entry, device = preflight(spec)
+    with dist.session(device) as world:  # under torchrun: one of several ranks (vseam_run/dist.py)
+        if not world.main:  # only rank 0 writes the registry and the log
+            store, log, on_created = dist.MainOnlyStore(store), _silent, None
+        return _run(spec, store, entry, dist.device_for(device, world), resume=resume, force=force, log=log,
+                    heartbeat_s=heartbeat_s, on_created=on_created, resume_options=resume_options)
+
+
+def _silent(_: Any) -> None:
+    pass
+
+
+def _open_run(spec: Spec, store: RunStore, entry, device: torch.device, resume: str | None, force: bool, log: Log) -> str:
+    """The run's id: `resume` checked and marked resumed, or a new run recorded."""
     if resume:
-        run_id = resume
-        check_resumable(store, run_id, spec, force=force)
-        store.mark_resumed(run_id)
-        log(f"resuming run {run_id}")
-    else:
-        run_id = store.create_run(
-            name=spec.name, spec_yaml=spec.to_yaml(), spec_hash=spec.content_hash(), model_name=entry.name,
-            model_entry_yaml=entry.to_yaml(), model_hash=entry.content_hash(), versions=package_versions(),
-            device=str(device), seed=spec.seed,
-        )
-        log(f"run {run_id} ({spec.name}) on {device}")
+        check_resumable(store, resume, spec, force=force)
+        store.mark_resumed(resume)
+        log(f"resuming run {resume}")
+        return resume
+    run_id = store.create_run(
+        name=spec.name, spec_yaml=spec.to_yaml(), spec_hash=spec.content_hash(), model_name=entry.name,
+        model_entry_yaml=entry.to_yaml(), model_hash=entry.content_hash(), versions=package_versions(),
+        device=str(device), seed=spec.seed,
+    )
+    log(f"run {run_id} ({spec.name}) on {device}" + (f", {dist.world().size} processes" if dist.world().active else ""))
+    return run_id
+
+
+def _run(spec: Spec, store: RunStore, entry, device: torch.device, *, resume: str | None, force: bool, log: Log,
+         heartbeat_s: float | None, on_created: Callable[[str], None] | None, resume_options: str = "") -> RunOutcome:
+    run_id = dist.main_decides(lambda: _open_run(spec, store, entry, device, resume, force, log))
     if on_created is not None:
         on_created(run_id)
     beat = lifecycle.heartbeat(store, run_id, heartbeat_s or lifecycle.HEARTBEAT_INTERVAL_S)
@@ -158,7 +179,9 @@ def run(
     with lifecycle.signals_interrupt():
         try:
             with beat:
-                metrics = _Stages(spec, store, run_id, entry, device, log).run_all()
+                stages = _Stages(spec, store, run_id, entry, device, log)
+                dist.barrier()  # every rank has read the ledger before rank 0 writes to it
+                metrics = stages.run_all()
         except KeyboardInterrupt as e:
             cause = lifecycle.interrupt_cause(e)
             store.set_status(run_id, "interrupted", error_message=f"interrupted ({cause})")
@@ -182,6 +205,9 @@ class _Stages:
         # A resumed run starts from what its finished stages recorded.
         self.metrics: dict[str, float] = dict(store.get_run(run_id).metrics) if self.ledger.finished() else {}
         self.art_dir = Path(spec.workdir) / "runs" / run_id
+        if not dist.world().main:  # rank 0 draws the figures; the others' copies go to a scratch folder
+            self.art_dir = Path(tempfile.mkdtemp(prefix=f"vseam-rank{dist.world().rank}-"))
+            atexit.register(shutil.rmtree, self.art_dir, True)
         self.cache_dir = Path(spec.workdir) / "cache"
         self._answer_of: dict[str, str] = {}
 
@@ -225,7 +251,8 @@ class _Stages:
         spec = self.spec
         # The data are the input: read again on resume (the images are needed) and checked
         # against the fingerprint of the finished data stage, never recorded twice.
-        loaded = self._load(spec.data, spec.data.toyworld)
+        with dist.main_first():  # rank 0 fills the image cache, the others read it
+            loaded = self._load(spec.data, spec.data.toyworld)
         splits = split_by_image(loaded.questions, spec.data.split.model_dump(), spec.seed)
         split_of = {q.qid: s for s, qs in splits.items() for q in qs}
         data_fp = fingerprint(data=spec.data, seed=spec.seed, questions=questions_part(loaded.questions, split_of),
@@ -330,9 +357,15 @@ class _Stages:
         from vseam_run.stages.edit import EditContext, run_edit_stage
 
         ctx = EditContext(self.spec, self.store, self.run_id, self.device, self.cache_dir, self.art_dir, self.log, self.record, self.vlm)
-        return trace_stage.pairs_of(run_edit_stage(ctx, questions, base_rows).kept)
+        # Not split across ranks: rank 0 fills the edit cache, then the others run it from the cache.
+        with dist.main_first(), dist.unsharded():
+            return trace_stage.pairs_of(run_edit_stage(ctx, questions, base_rows).kept)
 
     def _trace(self, questions: list[Question], pairs: list[trace_stage.EditPair] | None) -> None:
+        with dist.main_first(), dist.unsharded():  # not split across ranks (see _edits)
+            self._trace_pairs(questions, pairs)
+
+    def _trace_pairs(self, questions: list[Question], pairs: list[trace_stage.EditPair] | None) -> None:
         if pairs is None:
             from vseam_run.edit.procedural import make_edits
 
@@ -347,7 +380,7 @@ class _Stages:
         result = search_heads(
             self.vlm, [SearchItem(it.qid, it.image, it.question, it.gold_id) for it in items],
             strategy=s.strategy, scoring=s.scoring, ablation=s.ablation, top_k=s.top_k, verify_k=s.verify_k,
-            batch_size=self.spec.batch_size, batch_rows=s.batch_rows,
+            batch_size=self.spec.batch_size, batch_rows=s.batch_rows, stream=s.stream,
             checkpoint=self.ledger.checkpointer("search", fp),
         )
         heads = result.to_json()
@@ -436,7 +469,8 @@ class _Stages:
         stage.compare(scored, edits, prefix, label, settings, stage.Matcher.for_model(self.vlm, settings.answer_match), self._sink())
 
     def _evaluate_extra(self, extra: ExtraDataSpec, edits) -> None:
-        loaded = self._load(extra, extra.toyworld)
+        with dist.main_first():
+            loaded = self._load(extra, extra.toyworld)
         items, untokenizable = self._items(loaded.questions, {}, f"eval.{extra.name}")
         self._record_untokenizable(f"eval.{extra.name}", untokenizable)
         self._compare(ScoredSet(self.vlm, items, self.spec.batch_size, extra.name), edits, f"eval.{extra.name}", extra.name)

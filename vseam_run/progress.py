@@ -22,7 +22,8 @@ DEFAULT_EVERY_S = 30.0
 
 
 def quiet() -> bool:
-    return os.environ.get("VSEAM_QUIET") == "1"
+    """VSEAM_QUIET=1, or a rank other than 0 under torchrun (rank 0 shows the progress)."""
+    return os.environ.get("VSEAM_QUIET") == "1" or os.environ.get("RANK", "0") not in ("", "0")
 
 
 def silence_libraries() -> None:

@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
+from vseam_run import dist
 from vseam_run.heads import HeadEdit, edit_heads
 from vseam_run.progress import progress
 from vseam_run.vlm import VLM, Prepared
@@ -47,31 +48,52 @@ def _score(vlm: VLM, batch: Batch) -> list[dict]:
 
 
 class ScoredSet:
-    """Question batches encoded once (image features included) and re-scored under any head edits."""
+    """Question batches encoded once (image features included) and re-scored under any head edits.
+
+    Under torchrun each rank encodes and scores only its own batches (`vseam_run.dist`: whole
+    batches, round-robin); `run` gathers the rows in order, so every rank gets all of them.
+    """
 
     def __init__(self, vlm: VLM, items: Sequence[Item], batch_size: int, label: str = "encode") -> None:
         self.vlm = vlm
         self.items = list(items)
-        self.batches: list[Batch] = []
-        with progress(label, len(self.items)) as advance:
-            for i in range(0, len(self.items), batch_size):
-                self.batches.append(_encode(vlm, self.items[i : i + batch_size]))
-                advance(len(self.batches[-1][2]))
+        self._chunks = [self.items[i : i + batch_size] for i in range(0, len(self.items), batch_size)]
+        self._world = dist.current()
+        self._mine = self._world.mine(len(self._chunks))
+        self.batches: list[Batch] = []  # this rank's batches (all of them in one process)
+        self._every: list[Batch] | None = None
+        with progress(label, sum(len(self._chunks[i]) for i in self._mine)) as advance:
+            for i in self._mine:
+                self.batches.append(_encode(vlm, self._chunks[i]))
+                advance(len(self._chunks[i]))
 
     @staticmethod
     def score_once(vlm: VLM, items: Sequence[Item], batch_size: int, label: str) -> list[dict]:
         """Score each batch as it is encoded, keeping nothing (bounded memory for one pass)."""
-        rows: list[dict] = []
-        with progress(label, len(items)) as advance:
-            for i in range(0, len(items), batch_size):
-                rows += _score(vlm, _encode(vlm, list(items[i : i + batch_size])))
-                advance(min(batch_size, len(items) - i))
-        return rows
+        chunks = [list(items[i : i + batch_size]) for i in range(0, len(items), batch_size)]
+        mine = dist.current().mine(len(chunks))
+        with progress(label, sum(len(chunks[i]) for i in mine)) as advance:
+
+            def one(chunk: list[Item]) -> list[dict]:
+                rows = _score(vlm, _encode(vlm, chunk))
+                advance(len(chunk))
+                return rows
+
+            return [row for rows in dist.map_units(chunks, one) for row in rows]
 
     def run(self, edits: dict[int, HeadEdit] | None = None) -> list[dict]:
         """Per-question rows (qid, split, category, gold, pred, correct, gold_prob)."""
         with edit_heads(self.vlm, edits or {}):
-            return [row for batch in self.batches for row in _score(self.vlm, batch)]
+            local = {i: _score(self.vlm, batch) for i, batch in zip(self._mine, self.batches)}
+        return [row for rows in dist.gather_units(len(self._chunks), local, self._world) for row in rows]
+
+    def every_batch(self) -> list[Batch]:
+        """All batches on this rank, in order (for work that cannot be split: fitting scales)."""
+        if len(self._mine) == len(self._chunks):
+            return self.batches
+        if self._every is None:
+            self._every = [_encode(self.vlm, chunk) for chunk in self._chunks]
+        return self._every
 
 
 def accuracy(rows: list[dict]) -> float:

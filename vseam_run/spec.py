@@ -209,6 +209,8 @@ class SearchSpec(_Strict):
     top_k: int = Field(10, ge=1, description="Length of the reported top positive / negative head lists.")
     verify_k: int | None = Field(None, ge=1, description="Heads re-scored exactly by attribution+verify (default 3 × top_k).")
     batch_rows: int = Field(64, ge=1, description="Rows per forward pass in exact search (questions × heads).")
+    stream: bool = Field(False, description="Exact search holding one batch of questions at a time (each re-encoded per "
+                         "layer): the same numbers, memory bounded by the batch instead of the search split, some extra compute.")
     bootstrap: int = Field(1000, ge=1, description="Bootstrap resamples of the search questions for per-head intervals and top-k stability.")
 
 

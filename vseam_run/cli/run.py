@@ -19,6 +19,7 @@ def run(
     device: DeviceOption = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue an interrupted or failed run (id, prefix or 'latest').")] = None,
     force: Annotated[bool, typer.Option("--force", help="With --resume: take over a run that still looks alive.")] = False,
+    run_id_file: Annotated[Optional[Path], typer.Option("--run-id-file", help="Write the run's id to this file once it is recorded (for a job script that resumes it after a requeue).")] = None,
 ) -> int:
     """Run an experiment spec and record it in the run registry.
 
@@ -32,7 +33,7 @@ def run(
 
     A resumed run keeps its spec: --set may not change a field of it (start a new run instead).
     """
-    from vseam_run import fmt, lifecycle, pipeline
+    from vseam_run import dist, fmt, lifecycle, pipeline
     from vseam_run.shipped import resolve_spec
     from vseam_run.spec import load_spec, validate_doc
     from vseam_run.store import RunStore
@@ -67,12 +68,15 @@ def run(
 
     try:
         out = pipeline.run(spec_obj, store, resume=run_id, force=force, log=log,
-                           resume_options="" if db == DEFAULT_DB else f" --db {shlex.quote(store.where)}")  # no password
+                           resume_options="" if db == DEFAULT_DB else f" --db {shlex.quote(store.where)}",  # no password
+                           on_created=None if run_id_file is None else lambda rid: _write_id(run_id_file, rid))
     except KeyboardInterrupt as e:
-        if started:
+        if started or not dist.env_world().main:
             # The pipeline recorded it and printed how to resume; exit as the shell would: 130, 143, 129.
             return lifecycle.exit_code(e)
         raise
+    if not dist.env_world().main:  # under torchrun, rank 0 prints the summary
+        return 0
     c = console()
     c.print(f"\n[bold green]run {out.run_id} succeeded[/]")
     keys = [k for k in ("baseline.accuracy", "baseline.gold_prob", "edit.accuracy", "search.seconds", "modulation.lambda",
@@ -87,3 +91,11 @@ def run(
     # store.where, not db: a database URL's password must not be printed.
     c.print(f"details: vseam show {out.run_id}" + ("" if db == DEFAULT_DB else f" --db {store.where}"), highlight=False, markup=False)
     return 0
+
+
+def _write_id(path: Path, run_id: str) -> None:
+    """The run id, written whole (a temporary file renamed) so a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(run_id + "\n")
+    tmp.replace(path)

@@ -103,8 +103,10 @@ def search_heads(
     batch_size: int = 16,
     batch_rows: int = 64,
     checkpoint: Checkpointer | None = None,
+    stream: bool = False,
 ) -> SearchResult:
-    """Score every (layer, head) of the language model on `items`; see the strategies module."""
+    """Score every (layer, head) of the language model on `items`; see the strategies module.
+    `stream`: the exact layers hold one batch at a time (re-encoded per layer), same numbers."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
     if not items:
@@ -127,7 +129,8 @@ def search_heads(
         eff = reference_effects(vlm, items, ablation, done=done, on_layer=on_layer)
     elif strategy == "exact":
         done, on_layer = layer_store("exact")
-        eff = exact_effects(vlm, items, ablation, batch_size=batch_size, batch_rows=batch_rows, done=done, on_layer=on_layer)
+        eff = exact_effects(vlm, items, ablation, batch_size=batch_size, batch_rows=batch_rows, done=done, on_layer=on_layer,
+                            stream=stream)
     elif strategy == "attribution":
         eff = attribution_effects(vlm, items, ablation, batch_size=batch_size, batch_rows=batch_rows)
     else:
@@ -137,7 +140,8 @@ def search_heads(
         # need not be bit-reproducible), so the choice names their checkpoints.
         done, on_layer = layer_store(f"verify.{hashlib.sha256(verified.tobytes()).hexdigest()[:16]}")
         ex = exact_effects(
-            vlm, items, ablation, batch_size=batch_size, batch_rows=batch_rows, heads=verified, done=done, on_layer=on_layer
+            vlm, items, ablation, batch_size=batch_size, batch_rows=batch_rows, heads=verified, done=done, on_layer=on_layer,
+            stream=stream,
         )
         merged = att.effects.copy()
         merged[:, verified] = ex.effects[:, verified]

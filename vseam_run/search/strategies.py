@@ -11,12 +11,13 @@ first order from one forward and one backward pass per batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from vseam_run import dist
 from vseam_run.heads import HeadEdit, ablate_heads_edits, ablation_delta, capture_o_proj_inputs, edit_heads
 from vseam_run.progress import progress
 from vseam_run.vlm import VLM, Prepared
@@ -94,14 +95,74 @@ class _Batch:
     offset: int  # index of the batch's first question in the whole list
 
 
-def _prepare_batches(vlm: VLM, items: Sequence[SearchItem], batch_size: int) -> list[_Batch]:
+def _prepare_batches(vlm: VLM, items: Sequence[SearchItem], batch_size: int, only: Sequence[int] | None = None) -> list[_Batch]:
+    """The encoded batches of `items` (only those numbered in `only`: a rank's share)."""
     batches, offset = [], 0
-    for chunk in _chunks(items, batch_size):
-        prep = vlm.prepare(vlm.encode([c.image for c in chunk], [c.question for c in chunk]))
-        gold = torch.tensor([c.gold_id for c in chunk], device=vlm.device)
-        batches.append(_Batch(prep, gold, offset))
+    keep = None if only is None else set(only)
+    for i, chunk in enumerate(_chunks(items, batch_size)):
+        if keep is None or i in keep:
+            prep = vlm.prepare(vlm.encode([c.image for c in chunk], [c.question for c in chunk]))
+            gold = torch.tensor([c.gold_id for c in chunk], device=vlm.device)
+            batches.append(_Batch(prep, gold, offset))
         offset += len(chunk)
     return batches
+
+
+def _spans(items: Sequence, batch_size: int) -> list[slice]:
+    """The questions of each batch, as slices of the whole list."""
+    return [slice(i, min(i + batch_size, len(items))) for i in range(0, len(items), batch_size)]
+
+
+def _gather_rows(w: dist.World, spans: list[slice], mine: list[int], values: np.ndarray) -> None:
+    """Fill `values` (first axis = questions) with the rows the other ranks computed for their batches."""
+    if not w.active:
+        return
+    local = {i: values[spans[i]].copy() for i in mine}
+    for span, part in zip(spans, dist.gather_units(len(spans), local, w)):
+        values[span] = part
+
+
+class _HeldBatches:
+    """This rank's batches encoded once and kept, with the hidden state entering the current layer:
+    each layer costs only its own rows; memory grows with the number of questions."""
+
+    def __init__(self, vlm: VLM, items: Sequence[SearchItem], batch_size: int, mine: list[int]) -> None:
+        self.vlm = vlm
+        self.batches = _prepare_batches(vlm, items, batch_size, only=mine)
+        self.hidden = [b.prep.embeds for b in self.batches]
+
+    def first(self) -> Iterator[_Batch]:
+        return iter(self.batches)
+
+    def at(self, layer: int) -> Iterator[tuple[_Batch, torch.Tensor]]:
+        return zip(self.batches, self.hidden)
+
+    def advance(self, layer: int) -> None:
+        self.hidden = [self.vlm.next_hidden(b.prep, layer, h) for b, h in zip(self.batches, self.hidden)]
+
+
+class _StreamedBatches:
+    """One batch in memory at a time (search.stream): for each layer every batch is encoded again
+    and carried through the layers before it. The same operations on the same batches give the
+    same numbers; the price is re-encoding, about 1/heads more layer passes, and memory that
+    grows with the batch, not with the number of questions."""
+
+    def __init__(self, vlm: VLM, items: Sequence[SearchItem], batch_size: int, mine: list[int]) -> None:
+        self.vlm, self.items, self.batch_size, self.mine = vlm, items, batch_size, mine
+
+    def first(self) -> Iterator[_Batch]:
+        for i in self.mine:
+            yield _prepare_batches(self.vlm, self.items, self.batch_size, only=[i])[0]
+
+    def at(self, layer: int) -> Iterator[tuple[_Batch, torch.Tensor]]:
+        for b in self.first():
+            hidden = b.prep.embeds
+            for k in range(layer):
+                hidden = self.vlm.next_hidden(b.prep, k, hidden)
+            yield b, hidden
+
+    def advance(self, layer: int) -> None:
+        pass
 
 
 @torch.no_grad()
@@ -117,6 +178,7 @@ def exact_effects(
     done: dict[int, np.ndarray] | None = None,
     on_layer: OnLayer | None = None,
     label: str = "search (exact)",
+    stream: bool = False,
 ) -> Effects:
     """Same numbers as `reference_effects`, fast.
 
@@ -143,30 +205,43 @@ def exact_effects(
 
         per_layer = (picks >= 0).sum(0)
     vlm.require_replay("the exact search")
-    batches = _prepare_batches(vlm, items, batch_size)
-    vlm.check_truncation(batches[0].prep)
-    hidden = [b.prep.embeds for b in batches]
-    base = [vlm.score(vlm.last_logits(b.prep), b.gold) for b in batches]
-    base_prob = torch.cat([s.gold_prob for s in base])
-    correct = torch.cat([s.correct for s in base])
+    # Under torchrun each rank takes whole batches (round-robin) and the layer's effects are
+    # gathered before it is checkpointed: the numbers of one process, bit for bit.
+    w = dist.current()
+    spans = _spans(items, batch_size)
+    mine = w.mine(len(spans))
+    source = (_StreamedBatches if stream else _HeldBatches)(vlm, items, batch_size, mine)
+    base: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # batch → (gold prob, correct)
+    for i, b in zip(mine, source.first()):
+        if i == 0:
+            vlm.check_truncation(b.prep)
+        s = vlm.score(vlm.last_logits(b.prep), b.gold)
+        base[i] = (s.gold_prob, s.correct)
+    if w.active:  # every rank needs every question's base probability (the same tensors, moved)
+        parts = dist.gather_units(len(spans), {i: (p.cpu(), c.cpu()) for i, (p, c) in base.items()}, w)
+        base_prob, correct = torch.cat([p for p, _ in parts]).to(vlm.device), torch.cat([c for _, c in parts])
+    else:
+        base_prob, correct = torch.cat([p for p, _ in base.values()]), torch.cat([c for _, c in base.values()])
     effects = np.zeros((Q, L, H))
     todo = [l for l in range(L) if l not in done and per_layer[l] > 0]
     last_needed = max(todo, default=-1)
-    with progress(label, int(sum(per_layer[l] for l in todo))) as advance:
+    share = sum(spans[i].stop - spans[i].start for i in mine) / max(Q, 1)
+    with progress(label, int(share * sum(per_layer[l] for l in todo))) as advance:
         for l in range(L):
             if l in done:
                 effects[:, l] = done[l]
             elif l in todo:
-                for b, hid in zip(batches, hidden):
+                for b, hid in source.at(l):
                     rows = rows_of(l, b.offset, len(b.prep))
                     _ablate_layer_rows(vlm, b, hid, l, rows, mode, batch_rows, base_prob, effects, advance)
+                _gather_rows(w, spans, mine, effects[:, l])
                 if on_layer:
                     on_layer(l, effects[:, l])
             # Carry the hidden states on only while a later layer still has to be computed; the
             # loop itself always runs over every layer, so stored layers are filled in after the
             # last computed one too (with every layer stored, nothing is computed at all).
             if l < last_needed:
-                hidden = [vlm.next_hidden(b.prep, l, hid) for b, hid in zip(batches, hidden)]
+                source.advance(l)
     return Effects(effects, base_prob.cpu().numpy().astype(np.float64), correct.cpu().numpy())
 
 
@@ -265,7 +340,10 @@ def first_order_effects(vlm: VLM, items: Sequence[SearchItem], mode: str, *, bat
     base_prob = np.zeros(Q)
     correct = np.zeros(Q, dtype=bool)
     vlm.require_replay("the attribution search")
-    batches = _prepare_batches(vlm, items, batch_size)
+    w = dist.current()  # under torchrun: this rank's batches, gathered below
+    spans = _spans(items, batch_size)
+    mine = w.mine(len(spans))
+    batches = _prepare_batches(vlm, items, batch_size, only=mine)
     with progress("search (attribution)", len(batches)) as advance:
         for b in batches:
             embeds = b.prep.embeds.detach().clone().requires_grad_(True)
@@ -285,4 +363,7 @@ def first_order_effects(vlm: VLM, items: Sequence[SearchItem], mode: str, *, bat
             base_prob[b.offset : b.offset + n] = probs.detach().cpu().numpy()
             correct[b.offset : b.offset + n] = scores.correct.cpu().numpy()
             advance(1)
+    _gather_rows(w, spans, mine, effects)
+    _gather_rows(w, spans, mine, base_prob)
+    _gather_rows(w, spans, mine, correct)
     return Effects(effects, base_prob, correct)

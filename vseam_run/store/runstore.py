@@ -214,6 +214,10 @@ class RunStore:
                 # Take the write lock before looking: processes opening a new file at once must
                 # not both find it empty and both create it (the others wait, then see it made).
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
+            elif conn.dialect.name == "postgresql":
+                # The same for a server: one transaction-scoped lock (any fixed key) serializes
+                # processes creating the tables of an empty database at once.
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7537656)")
             tables = set(inspect(conn).get_table_names())
             found: int | None = None
             if "meta" in tables:
