@@ -19,6 +19,7 @@ from typing import Any, Callable
 import pytest
 
 from vseam_run import pipeline
+from vseam_run.stages import ablation as ablation_stage
 from vseam_run.cli.main import cli
 from vseam_run.ledger import StageCheckpointer, StageLedger
 from vseam_run.store import RunStore
@@ -176,7 +177,7 @@ def during_ablation(calls: int) -> Callable[[pytest.MonkeyPatch], None]:
     """Ctrl-C when the ablation validation builds its `calls`-th set of ablated heads."""
 
     def install(mp: pytest.MonkeyPatch) -> None:
-        real, n = pipeline.ablate_heads_edits, []
+        real, n = ablation_stage.ablate_heads_edits, []
 
         def ablate(*args, **kwargs):
             n.append(1)
@@ -184,7 +185,7 @@ def during_ablation(calls: int) -> Callable[[pytest.MonkeyPatch], None]:
                 raise KeyboardInterrupt
             return real(*args, **kwargs)
 
-        mp.setattr(pipeline, "ablate_heads_edits", ablate)
+        mp.setattr(ablation_stage, "ablate_heads_edits", ablate)
 
     return install
 

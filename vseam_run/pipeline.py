@@ -25,22 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 
-from vseam_run import dist, evaluate, fmt, lifecycle, modulate, registry, report
+from vseam_run import dist, evaluate, fmt, lifecycle, registry, report
 from vseam_run.data import LoadResult, load_questions
 from vseam_run.data.base import Question
 from vseam_run.data.toyworld import ToyWorldParams
 from vseam_run.device import resolve_device, resolve_dtype
 from vseam_run.errors import VseamError
 from vseam_run.fingerprint import Fingerprint, fingerprint, items_part, model_part, questions_part, spec_changes
-from vseam_run.heads import ablate_heads_edits
 from vseam_run.ledger import StageCheckpointer, StageLedger
 from vseam_run.progress import silence_libraries
-from vseam_run.scoring import Item, ScoredSet, accuracy
+from vseam_run.scoring import Item, ScoredSet
 from vseam_run.search import SearchItem, SearchResult, search_heads
-from vseam_run.search.scoring import ranking_matrices
 from vseam_run.search.uncertainty import encode_effects, head_uncertainty
 from vseam_run.spec import ExtraDataSpec, Spec
 from vseam_run.stages import trace as trace_stage
@@ -476,44 +473,6 @@ class _Stages:
         self._compare(ScoredSet(self.vlm, items, self.spec.batch_size, extra.name), edits, f"eval.{extra.name}", extra.name)
 
     def _ablation(self, result: SearchResult, test: ScoredSet) -> None:
-        ab = self.spec.evaluate.ablation
-        H = self.vlm.num_heads
-        base = test.run()
-        base_acc, base_prob = accuracy(base), float(np.mean([r["gold_prob"] for r in base]))
+        from vseam_run.stages.ablation import run_ablation
 
-        def drops(heads: list[tuple[int, int]]) -> tuple[float, float]:
-            rows = test.run(ablate_heads_edits(heads, H, ab.mode))
-            return base_acc - accuracy(rows), base_prob - float(np.mean([r["gold_prob"] for r in rows]))
-
-        pos_rank, neg_rank = ranking_matrices(result.effects, result.correct, self.spec.search.scoring)
-        pos = [(l, h) for l, h, _ in modulate.top_heads(pos_rank, ab.k)]
-        neg = [(l, h) for l, h, _ in modulate.top_heads(neg_rank, ab.k)]
-        rng = np.random.default_rng(self.spec.seed)
-        random_drops = [drops(modulate.random_heads(self.vlm.num_layers, H, ab.k, rng)) for _ in range(ab.trials)]
-        metrics: dict[str, float] = {"ablation.k": ab.k, "ablation.trials": ab.trials}
-        results: dict[str, Any] = {}
-        for name, heads in (("positive", pos), ("negative", neg)):
-            if heads:
-                acc_d, prob_d = drops(heads)
-                metrics[f"ablation.{name}.accuracy_drop"] = acc_d
-                metrics[f"ablation.{name}.gold_prob_drop"] = prob_d
-                metrics[f"ablation.{name}.heads"] = len(heads)
-                results[name] = {"accuracy_drop": acc_d, "gold_prob_drop": prob_d}
-        ra = np.array(random_drops)
-        metrics.update({
-            "ablation.random.accuracy_drop": float(ra[:, 0].mean()), "ablation.random.accuracy_drop_std": float(ra[:, 0].std()),
-            "ablation.random.gold_prob_drop": float(ra[:, 1].mean()), "ablation.random.gold_prob_drop_std": float(ra[:, 1].std()),
-        })
-        results["random"] = {"accuracy_drop": ra[:, 0].tolist(), "gold_prob_drop": ra[:, 1].tolist()}
-        self.record(metrics)
-        self.store.put_document(self.run_id, "ablation", {"positive_heads": pos, "negative_heads": neg, "results": results})
-        for metric in ("accuracy_drop", "gold_prob_drop"):
-            path = report.ablation_bar_chart({k: v[metric] for k, v in results.items()}, self.art_dir / f"ablation_{metric}.png",
-                                             metric=metric, title=f"zero-ablating {ab.k} heads — {self.label}")
-            self.artifact(f"ablation.{metric}", path)
-        def shown(name: str) -> str:
-            v = metrics.get(f"ablation.{name}.accuracy_drop")
-            return "n/a (no such heads)" if v is None else ("+" if v > fmt.NOISE else "") + fmt.num(v)
-
-        self.log(f"  ablation (k={ab.k}), accuracy drop: positive {shown('positive')}, negative {shown('negative')}, "
-                 f"random {fmt.num(metrics['ablation.random.accuracy_drop'])} ± {fmt.num(metrics['ablation.random.accuracy_drop_std'])}")
+        run_ablation(self, result, test, self.spec.evaluate.ablation, scoring=self.spec.search.scoring, seed=self.spec.seed)
