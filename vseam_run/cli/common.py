@@ -43,3 +43,8 @@ def print_json(obj: Any) -> None:
     """Plain JSON on stdout: never through rich, which would wrap long lines."""
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
     sys.stdout.flush()
+
+
+def print_json_with_figure(obj: dict[str, Any], figure: Any) -> None:
+    """A command's JSON result with the path of the figure it wrote (null when none)."""
+    print_json({**obj, "figure": None if figure is None else str(figure)})

@@ -12,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vseam_run import fmt
-from vseam_run.cli.common import DEFAULT_DB, DbOption, JsonOption, console, print_json
+from vseam_run.cli.common import DEFAULT_DB, DbOption, JsonOption, console, print_json_with_figure
 from vseam_run.cli.runs import open_registry
 
 Runs = Annotated[list[str], typer.Argument(help="Two or more runs: ids, unique prefixes or 'latest'. Deltas are against the first.")]
@@ -57,9 +57,7 @@ def compare(
         result = compare_runs(store, ids, k=k, include_timings=all_)
     written = comparison_figure(result, figure) if figure is not None else None
     if json_:
-        out = result.to_json()
-        out["figure"] = None if written is None else str(written)
-        print_json(out)
+        print_json_with_figure(result.to_json(), written)
         return
     if md:
         print(markdown(result.to_json()))

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from vseam_run import fmt
-from vseam_run.cli.common import DEFAULT_DB, DbOption, JsonOption, console, print_json
+from vseam_run.cli.common import DEFAULT_DB, DbOption, JsonOption, console, print_json_with_figure
 from vseam_run.cli.runs import open_registry
 from vseam_run.errors import VseamError
 
@@ -54,9 +54,7 @@ def share(
     result.notes += [f"{i}: no head search; left out" for i in skipped]
     written = share_figure(result, figure) if figure is not None else None
     if json_:
-        out = result.to_json()
-        out["figure"] = None if written is None else str(written)
-        print_json(out)
+        print_json_with_figure(result.to_json(), written)
         return
     _print_share(result)
     if written is not None:
