@@ -73,8 +73,38 @@ def test_scenes_are_valid_and_answers_follow_the_scene() -> None:
         assert answer(q.scene, q.target) == q.answer and has_counterfactual(q.scene, q.target)
 
 
+def test_links_are_visible_at_both_ends_and_edits_keep_one_link() -> None:
+    """A scene has at most one link; both linked objects wear a dark halo (and only they do),
+    so "linked to" can be read at each object. Drawing a link by an edit replaces the old one."""
+    from vseam_run.data.toyworld import Target
+    from vseam_run.data.toyworld.counterfactual import edit_scene
+    from vseam_run.data.toyworld.render import LINE_COLOR, render_array
+
+    toy = generate(SMALL)
+    assert all(len(s.links) <= 1 for s in toy.scenes.values())
+    assert sum(len(s.links) for s in toy.scenes.values()) > 5
+    scene = next(s for s in toy.scenes.values() if len(s.objects) == 3 and s.links)
+    (pair,) = scene.links
+    a, b = sorted(pair)
+    c = next(o.oid for o in scene.objects if o.oid not in pair)
+    dark = (render_array(scene) == LINE_COLOR).all(-1)
+    unlinked = scene.with_link(a, b, False)
+    assert not unlinked.links and not (render_array(unlinked) == LINE_COLOR).all(-1).any()
+
+    def ring_dark(s_dark: np.ndarray, oid: str) -> int:
+        o = scene.obj(oid)  # the 1-px ring just outside the box
+        y0, x0, y1, x1 = max(o.y - 1, 0), max(o.x - 1, 0), min(o.y + o.h + 1, 32), min(o.x + o.w + 1, 32)
+        return int(s_dark[y0:y1, x0:x1].sum())
+
+    assert ring_dark(dark, a) >= 10 and ring_dark(dark, b) >= 10  # haloed
+    assert ring_dark(dark, c) == 0  # the third object is not
+    edited = edit_scene(scene, Target("link", subject=a, obj=c), random.Random(0))
+    assert edited is not None and edited.scene.links == frozenset({frozenset((a, c))})
+    assert answer(edited.scene, Target("link", subject=a, obj=b)) == "no"
+
+
 def test_kinds_have_distinct_silhouettes() -> None:
-    for size in (10, 12, 14):
+    for size in (8, 10, 12, 14):
         masks = {k: shape_masks(k, size, size)[0] for k in KINDS}
         for i, a in enumerate(KINDS):
             for b in KINDS[i + 1 :]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
@@ -91,6 +92,9 @@ def test_training_labels_describe_the_scene():
     assert row[FACT_GROUPS["x"]].tolist() == [1.0, 0, 0, 0, 0, 0, 0]  # centre x = 6/32: only > 1/8
     assert facts[s][FACT_GROUPS["x"]].tolist() == [1.0] * 5 + [0.0] * 2  # centre x = 24/32, not > 6/8
     assert row[FACT_GROUPS["links"]][s] == 1.0 and row[FACT_GROUPS["links"]][c] == 0.0
+    assert row[FACT_GROUPS["linked"]].tolist() == [1.0]  # takes part in a link: wears the halo
+    unlinked = kind_facts(scene.with_link("o0", "o1", False))
+    assert unlinked[c][FACT_GROUPS["linked"]].tolist() == [0.0] and unlinked[c][FACT_GROUPS["links"]].sum() == 0
     # circle vs square: left of, not right of, above, not below, linked.
     assert pair_facts(scene, "circle", "square") == [1.0, 0.0, 1.0, 0.0, 1.0]
     assert pair_facts(scene, "circle", "diamond") == [0.0] * 5
@@ -107,3 +111,22 @@ def test_instructblip_trains_from_scratch_with_distinct_queries(tmp_path):
     q = weights["query_tokens"][0]
     assert q.shape[0] == report["recipe"]["model"]["num_query_tokens"]
     assert torch.cdist(q, q).fill_diagonal_(1.0).min() > 0  # no two queries alike
+
+
+def test_lookup_loss_rewards_attention_on_the_named_objects_patches():
+    """The lookup aid is low when a kind word's head attends to its object's image tokens, high
+    when it attends elsewhere, and ignores kind words whose object is absent."""
+    from vseam_run.zoo.train import lookup_loss
+
+    # One example: 4 image tokens at positions 0-3 (patch kinds 2, 2, -1, 5), kind words at 4 and 5.
+    patch_kinds = torch.tensor([[2, 2, -1, 5]])
+    image_pos = torch.tensor([[0, 1, 2, 3]])
+    mention = torch.tensor([[-1, -1, -1, -1, 2, 1]])  # kind 2 (present), kind 1 (absent: free)
+    on_object = torch.zeros(1, 6, 6)
+    on_object[0, 4, :2] = 0.5  # the kind-2 word looks at both kind-2 patches
+    on_object[0, 5, 3] = 1.0  # the absent kind's word looks anywhere
+    elsewhere = torch.zeros(1, 6, 6)
+    elsewhere[0, 4, 3] = 0.9
+    elsewhere[0, 4, 0] = 0.1
+    assert lookup_loss(on_object, mention, patch_kinds, image_pos).item() < 1e-5
+    assert lookup_loss(elsewhere, mention, patch_kinds, image_pos).item() == pytest.approx(-math.log(0.1), rel=1e-5)

@@ -48,6 +48,7 @@ CATEGORY_LEVEL: dict[str, Level] = {
     "spatial": "relation",
     "link": "relation",
 }
+_LEVELS: tuple[Level, ...] = ("object", "attribute", "relation")
 YES, NO = "yes", "no"
 
 
@@ -230,16 +231,19 @@ class ToyExample:
 def sample_examples(rng: random.Random | int, n: int, image_size: int = 32) -> list[ToyExample]:
     """`n` fresh examples, one new scene each, never touching disk.
 
-    Categories are drawn uniformly and yes/no answers with probability ½ each (balanced in
-    expectation; the exported evaluation set is balanced exactly). Rendering is cached per
-    shape, so this costs a fraction of a millisecond per example.
+    Levels are drawn uniformly, then a category of the level (so the three object categories
+    do not make the object level three sevenths of the data), and yes/no answers with
+    probability ½ each (balanced in expectation; the exported evaluation set is balanced
+    exactly). Rendering is cached per shape, so this costs a fraction of a millisecond per
+    example.
     """
     from vseam_run.data.toyworld.render import render
 
     rng = random.Random(rng) if isinstance(rng, int) else rng
     out: list[ToyExample] = []
     for _ in range(n):
-        category = rng.choice(CATEGORIES)
+        level = rng.choice(_LEVELS)
+        category = rng.choice([c for c in CATEGORIES if CATEGORY_LEVEL[c] == level])
         want = None if category == "color" else rng.choice((YES, NO))
         # Redraw the scene (not the category or answer) until it can answer `want`, so the
         # category and answer mix stays exactly as drawn.

@@ -107,12 +107,39 @@ def _line_mask(scene: Scene, a: ToyObject, b: ToyObject) -> np.ndarray:
     return m
 
 
+@lru_cache(maxsize=None)
+def halo_mask(kind: str, w: int, h: int) -> np.ndarray:
+    """The 1-px ring just outside an object's footprint, in its box grown by 1 px each side
+    ((h + 2) × (w + 2)): the mark a linked object wears, visible in every patch it covers."""
+    _, foot = shape_masks(kind, w, h)
+    p = np.pad(foot, 1, constant_values=False)
+    grown = p.copy()
+    grown[1:, :] |= p[:-1, :]
+    grown[:-1, :] |= p[1:, :]
+    grown[:, 1:] |= p[:, :-1]
+    grown[:, :-1] |= p[:, 1:]
+    out = grown & ~p
+    out.setflags(write=False)
+    return out
+
+
+def _paint_halo(img: np.ndarray, o: ToyObject) -> None:
+    """Paint o's halo, clipped to the image (an object may touch the border)."""
+    ring = halo_mask(o.kind, o.w, o.h)
+    y0, x0 = o.y - 1, o.x - 1
+    ys, xs = slice(max(y0, 0), min(y0 + o.h + 2, img.shape[0])), slice(max(x0, 0), min(x0 + o.w + 2, img.shape[1]))
+    sub = ring[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
+    img[ys, xs][sub] = LINE_COLOR
+
+
 def render_array(scene: Scene) -> np.ndarray:
     """The scene as an H×W×3 uint8 array."""
     img = np.empty((scene.height, scene.width, 3), np.uint8)
     img[:] = BACKGROUND
     for pair in sorted(sorted(p) for p in scene.links):
         img[_line_mask(scene, scene.obj(pair[0]), scene.obj(pair[1]))] = LINE_COLOR
+    for oid in sorted(scene.linked_objects()):
+        _paint_halo(img, scene.obj(oid))
     for o in scene.objects:
         region = img[o.y : o.y + o.h, o.x : o.x + o.w]
         _, foot = shape_masks(o.kind, o.w, o.h)

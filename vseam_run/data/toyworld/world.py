@@ -37,7 +37,11 @@ LEFT, RIGHT, ABOVE, BELOW = "to the left of", "to the right of", "above", "below
 #: Spatial relations in GQA's wording, each with its converse.
 SPATIAL_CONVERSE: dict[str, str] = {LEFT: RIGHT, RIGHT: LEFT, ABOVE: BELOW, BELOW: ABOVE}
 SPATIAL_RELATIONS: tuple[str, ...] = tuple(SPATIAL_CONVERSE)
-#: The non-spatial relation: a thin line drawn between two objects (symmetric).
+#: The non-spatial relation (symmetric): a line joins the two objects and each of them wears a
+#: dark halo. A scene has at most one link, so the halo alone tells, at each end, that the object
+#: takes part in it, and "Is A linked to B?" is answered by looking at both A and B (with the
+#: line as the picture's cue). A 1-px line alone was never learned by a 2-layer vision tower:
+#: which objects it joins is a fact about pixels far from both of them.
 LINK = "linked to"
 
 
@@ -69,7 +73,8 @@ class ToyObject:
 
 @dataclass(frozen=True)
 class Scene:
-    """A toy image's scene graph. `links` holds unordered object-id pairs joined by a line."""
+    """A toy image's scene graph. `links` holds unordered object-id pairs joined by a line; scenes
+    sampled here and edited by counterfactual.py hold at most one."""
 
     width: int
     height: int
@@ -95,9 +100,15 @@ class Scene:
         return replace(self, objects=objs)
 
     def with_link(self, a: str, b: str, present: bool) -> Scene:
+        """A copy where a and b are (present) or are not linked. Linking them replaces any other
+        link, keeping the world's rule of at most one link per scene."""
         pair = frozenset((a, b))
-        links = self.links | {pair} if present else self.links - {pair}
+        links = {pair} if present else self.links - {pair}
         return replace(self, links=frozenset(links))
+
+    def linked_objects(self) -> frozenset[str]:
+        """Ids of the objects that take part in a link (these wear the halo)."""
+        return frozenset(oid for pair in self.links for oid in pair)
 
 
 def spatial_holds(a: ToyObject, b: ToyObject, relation: str, margin: int) -> bool:
@@ -172,12 +183,15 @@ def layout_ok(objects: Iterable[ToyObject], size: int) -> bool:
 
 
 def object_size_range(image_size: int) -> tuple[int, int]:
-    """Side lengths of shapes: 10–14 px on a 32 px image, scaled for other sizes."""
-    return max(6, round(10 * image_size / 32)), max(8, round(14 * image_size / 32))
+    """Side lengths of shapes: 8–14 px on a 32 px image, scaled for other sizes. At 8 px a
+    circle, a ring and a diamond differ in few pixels, which keeps object questions from being
+    answered perfectly."""
+    return max(6, round(8 * image_size / 32)), max(8, round(14 * image_size / 32))
 
 
-def sample_scene(rng: random.Random, image_size: int, link_prob: float = 0.4) -> Scene:
-    """A random valid scene with 2 or 3 objects of distinct kinds.
+def sample_scene(rng: random.Random, image_size: int, link_prob: float = 0.5) -> Scene:
+    """A random valid scene with 2 or 3 objects of distinct kinds, and with probability
+    `link_prob` one link between two of them.
 
     Objects are placed one at a time, each by rejection against those already placed (far
     likelier to succeed than drawing whole layouts). A layout that runs out of room starts
@@ -217,8 +231,11 @@ def _sample_object(rng: random.Random, oid: str, kind: str, size: int) -> ToyObj
 
 
 def _sample_links(rng: random.Random, objs: list[ToyObject], p: float) -> frozenset[frozenset[str]]:
-    pairs = [frozenset((a.oid, b.oid)) for i, a in enumerate(objs) for b in objs[i + 1 :]]
-    return frozenset(pair for pair in pairs if rng.random() < p)
+    """At most one link: with probability p, between a pair drawn uniformly."""
+    if rng.random() >= p:
+        return frozenset()
+    a, b = rng.sample(objs, 2)
+    return frozenset({frozenset((a.oid, b.oid))})
 
 
 # --- GQA scene-graph JSON ---------------------------------------------------------------------
