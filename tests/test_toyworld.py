@@ -103,12 +103,27 @@ def test_links_are_visible_at_both_ends_and_edits_keep_one_link() -> None:
     assert answer(edited.scene, Target("link", subject=a, obj=b)) == "no"
 
 
-def test_kinds_have_distinct_silhouettes() -> None:
-    for size in (8, 10, 12, 14):
+def test_kinds_and_materials_are_visible_at_every_size() -> None:
+    """Every kind differs from every other in its silhouette and, in each material, in its painted
+    pixels; every material differs from every other on each kind: no edit of a kind or a material
+    can leave the image unchanged, and no such question is about something invisible."""
+    from vseam_run.data.toyworld.render import MIN_TEXTURE_PIXELS, painted_mask
+    from vseam_run.data.toyworld.world import MATERIALS, object_size_range
+
+    lo, hi = object_size_range(32)
+    assert lo >= 9
+    for size in range(lo, hi + 1):
         masks = {k: shape_masks(k, size, size)[0] for k in KINDS}
         for i, a in enumerate(KINDS):
             for b in KINDS[i + 1 :]:
                 assert (masks[a] != masks[b]).sum() >= size, (a, b, size)
+                for m in MATERIALS:
+                    assert (painted_mask(a, m, size, size) != painted_mask(b, m, size, size)).sum() >= 4, (a, b, m, size)
+        for k in KINDS:
+            for i, m in enumerate(MATERIALS):
+                for n in MATERIALS[i + 1 :]:
+                    diff = (painted_mask(k, m, size, size) != painted_mask(k, n, size, size)).sum()
+                    assert diff >= MIN_TEXTURE_PIXELS, (k, m, n, size)
 
 
 def test_round_trip_through_gqa_loader(tmp_path: Path) -> None:

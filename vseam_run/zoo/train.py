@@ -78,6 +78,9 @@ class TrainRecipe:
     seed: int = 0
     threads: int = 2
     extra_words: list[str] = field(default_factory=lambda: ["answer"])
+    # More training questions of these categories (sample_examples' boost; the held-out set is not
+    # boosted): for a model that learns one category far later than the rest.
+    boost: dict[str, float] = field(default_factory=dict)
 
 
 RECIPES: dict[str, TrainRecipe] = {
@@ -97,6 +100,10 @@ RECIPES: dict[str, TrainRecipe] = {
             text_hidden=128, text_layers=6, text_heads=8, text_intermediate=256,
             qformer_hidden=64, qformer_layers=2, num_query_tokens=16,
         ),
+        # Material questions were learned last by far (on a world where thin shapes hid their
+        # material: 0.54 held-out while objects reached 0.91 and relations 0.86; 0.77 only at
+        # 2,250 steps, with relations at 0.99).
+        boost={"material": 2.0},
     ),
 }
 
@@ -373,7 +380,8 @@ def train(name: str, out_dir: Path | None = None, *, steps: int | None = None, q
 
     t0 = time.perf_counter()
     image_token = model.config.image_token_id
-    train_set = encode(processor, recipe.prompt, toyworld.sample_examples(random.Random(recipe.seed), recipe.train_examples, size), patch, image_token)
+    train_set = encode(processor, recipe.prompt, toyworld.sample_examples(random.Random(recipe.seed), recipe.train_examples, size,
+                                                                          recipe.boost), patch, image_token)
     eval_set = encode(processor, recipe.prompt, toyworld.sample_examples(random.Random(10_000 + recipe.seed), recipe.eval_examples, size), patch, image_token)
     log(f"data: {recipe.train_examples} train / {recipe.eval_examples} held-out examples in {time.perf_counter() - t0:.1f}s")
 

@@ -212,6 +212,11 @@ def answer_vocabulary() -> list[str]:
     return [YES, NO, *COLORS]
 
 
+def _level_share(category: str) -> float:
+    """A category's chance when levels are drawn uniformly, then a category of the level."""
+    return 1 / len(_LEVELS) / sum(CATEGORY_LEVEL[c] == CATEGORY_LEVEL[category] for c in CATEGORIES)
+
+
 # --- fast in-memory examples for training -----------------------------------------------------
 
 
@@ -228,22 +233,27 @@ class ToyExample:
     target: Target
 
 
-def sample_examples(rng: random.Random | int, n: int, image_size: int = 32) -> list[ToyExample]:
+def sample_examples(rng: random.Random | int, n: int, image_size: int = 32,
+                    boost: dict[str, float] | None = None) -> list[ToyExample]:
     """`n` fresh examples, one new scene each, never touching disk.
 
     Levels are drawn uniformly, then a category of the level (so the three object categories
     do not make the object level three sevenths of the data), and yes/no answers with
     probability ½ each (balanced in expectation; the exported evaluation set is balanced
-    exactly). Rendering is cached per shape, so this costs a fraction of a millisecond per
-    example.
+    exactly). `boost` multiplies the chance of the named categories (e.g. {"material": 2.0}: twice
+    as many material questions as under the plain draw). Rendering is cached per shape, so this
+    costs a fraction of a millisecond per example.
     """
     from vseam_run.data.toyworld.render import render
 
     rng = random.Random(rng) if isinstance(rng, int) else rng
     out: list[ToyExample] = []
     for _ in range(n):
-        level = rng.choice(_LEVELS)
-        category = rng.choice([c for c in CATEGORIES if CATEGORY_LEVEL[c] == level])
+        if boost:
+            category = rng.choices(CATEGORIES, weights=[_level_share(c) * boost.get(c, 1.0) for c in CATEGORIES])[0]
+        else:
+            level = rng.choice(_LEVELS)
+            category = rng.choice([c for c in CATEGORIES if CATEGORY_LEVEL[c] == level])
         want = None if category == "color" else rng.choice((YES, NO))
         # Redraw the scene (not the category or answer) until it can answer `want`, so the
         # category and answer mix stays exactly as drawn.

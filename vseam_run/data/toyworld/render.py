@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vseam_run.data.toyworld.world import Scene, ToyObject
+from vseam_run.data.toyworld.world import MATERIALS, Scene, ToyObject
 
 BACKGROUND = (235, 235, 235)
 LINE_COLOR = (0, 0, 0)
@@ -71,24 +71,43 @@ def _draw(kind: str, w: int, h: int) -> np.ndarray:
 def painted_mask(kind: str, material: str, w: int, h: int) -> np.ndarray:
     """Pixels of the box painted in the object's colour: the outline plus the texture.
 
-    The outline is always painted so the silhouette (the kind) stays readable whatever the
-    material; the texture is box-relative so a moved object looks the same.
+    The outline is painted so the silhouette (the kind) stays readable whatever the material,
+    except on shapes too thin to show a texture inside it (a small ring or cross is nearly all
+    outline: at 9 px a ring looked the same in every material): those wear the texture on the
+    whole shape. Either way every two materials differ in at least MIN_TEXTURE_PIXELS pixels.
+    The texture is box-relative so a moved object looks the same.
     """
     shape, _ = shape_masks(kind, w, h)
     inner = _erode(shape)
     outline = shape & ~inner
-    yy, xx = np.mgrid[0:h, 0:w]
-    if material == "solid":
-        pattern = np.ones((h, w), bool)
-    elif material == "striped":
-        pattern = yy % 2 == 0
-    elif material == "dotted":
-        pattern = (yy % 2 == 0) & (xx % 2 == 0)
-    else:
+    masks = {m: outline | (shape & _pattern(m, w, h)) for m in MATERIALS}
+    if _min_difference(masks) < MIN_TEXTURE_PIXELS:
+        masks = {m: shape & _pattern(m, w, h) for m in MATERIALS}
+    if material not in masks:
         raise ValueError(f"unknown material {material!r}")
-    out = outline | (shape & pattern)
+    out = masks[material]
     out.setflags(write=False)
     return out
+
+
+#: Fewest pixels by which any two materials of one shape must differ (see painted_mask).
+MIN_TEXTURE_PIXELS = 8
+
+
+def _pattern(material: str, w: int, h: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    if material == "solid":
+        return np.ones((h, w), bool)
+    if material == "striped":
+        return yy % 2 == 0
+    if material == "dotted":
+        return (yy % 2 == 0) & (xx % 2 == 0)
+    raise ValueError(f"unknown material {material!r}")
+
+
+def _min_difference(masks: dict[str, np.ndarray]) -> int:
+    ms = list(masks.values())
+    return min(int((a != b).sum()) for i, a in enumerate(ms) for b in ms[i + 1 :])
 
 
 def _erode(m: np.ndarray) -> np.ndarray:

@@ -183,10 +183,10 @@ def layout_ok(objects: Iterable[ToyObject], size: int) -> bool:
 
 
 def object_size_range(image_size: int) -> tuple[int, int]:
-    """Side lengths of shapes: 8–14 px on a 32 px image, scaled for other sizes. At 8 px a
+    """Side lengths of shapes: 9–14 px on a 32 px image, scaled for other sizes. At 9 px a
     circle, a ring and a diamond differ in few pixels, which keeps object questions from being
-    answered perfectly."""
-    return max(6, round(8 * image_size / 32)), max(8, round(14 * image_size / 32))
+    answered perfectly; at 8 px a dotted ring and a dotted cross differed in one pixel."""
+    return max(6, round(9 * image_size / 32)), max(8, round(14 * image_size / 32))
 
 
 def sample_scene(rng: random.Random, image_size: int, link_prob: float = 0.5) -> Scene:
