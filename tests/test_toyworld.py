@@ -166,3 +166,14 @@ def test_sample_examples_fast_and_varied() -> None:
     for e in ex[:50]:
         assert answer(e.scene, e.target) == e.answer
         assert np.asarray(e.image).dtype == np.uint8
+
+
+def test_cache_key_follows_the_generators_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cached toy set is named by its parameters and by the toy world's source, so changed
+    rendering code regenerates the set instead of failing on (or silently reusing) stale images."""
+    from vseam_run.data.toyworld import export
+
+    before = SMALL.digest()
+    assert before == ToyWorldParams(seed=3, images=40).digest()
+    monkeypatch.setattr(export, "generator_source_hash", lambda: "edited-render-code")
+    assert SMALL.digest() != before

@@ -9,6 +9,7 @@ half a set behind.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -38,8 +39,19 @@ from vseam_run.data.toyworld.render import render
 from vseam_run.data.toyworld.world import Scene, sample_scene, scene_to_dict
 from vseam_run.errors import VseamError
 
-#: Bump when generation or rendering changes, so cached sets are regenerated.
-GENERATOR_VERSION = 1
+#: Bump when generation or rendering changes in meaning (2: one link per scene with halos, 9-14 px
+#: shapes, visible textures on thin shapes). The cache key also hashes this package's source
+#: (generator_source_hash), so a change nobody remembered to bump never reuses a stale set.
+GENERATOR_VERSION = 2
+
+
+@functools.lru_cache(maxsize=1)
+def generator_source_hash() -> str:
+    """Hash of the toy world's code (every module of this package)."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
 
 QUESTIONS_FILE = "questions.json"
 SCENES_FILE = "scenes.json"
@@ -69,7 +81,7 @@ class ToyWorldParams:
 
     def digest(self) -> str:
         """Short hash naming the cache folder of this parameter set."""
-        blob = json.dumps({"generator": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
+        blob = json.dumps({"generator": GENERATOR_VERSION, "source": generator_source_hash(), **asdict(self)}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
