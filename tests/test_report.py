@@ -148,3 +148,14 @@ def test_comparison_table_shows_categories_ci_and_p() -> None:
     assert "95% CI" in text and "McNemar p" in text
     assert "0.500" in text and "1.000" in text and "0.031" in text
     assert "spatial" in text
+
+
+def test_lambda_curve_at_perfect_and_zero_accuracy(tmp_path: Path) -> None:
+    """A validation split answered perfectly (or not at all) at some λ draws its interval to 1 (0)
+    exactly: rounding once put the Wilson bound a hair inside and matplotlib refused the negative
+    error bar, failing a whole run (toy_llava_relation, n = 50)."""
+    from vseam_run.report import wilson_interval
+
+    for n in (7, 50, 52, 101):
+        assert wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0
+    _png_size(lambda_curve([(0.0, 1.0), (1.0, 0.0), (2.0, 1.0)], tmp_path / "perfect.png", n=50))

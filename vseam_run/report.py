@@ -340,7 +340,8 @@ def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, f
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    # At 0/n and n/n a bound is 0 or 1 exactly; rounding would put it a hair inside.
+    return (0.0 if correct <= 0 else max(0.0, centre - half), 1.0 if correct >= n else min(1.0, centre + half))
 
 
 def lambda_curve(
@@ -374,7 +375,8 @@ def lambda_curve(
     label = "validation accuracy" + (f" (n = {n}, 95% Wilson interval)" if n else "")
     if n:
         bounds = [wilson_interval(round(a * n), n) for a in accs]
-        yerr = [[a - lo for a, (lo, _) in zip(accs, bounds)], [hi - a for a, (_, hi) in zip(accs, bounds)]]
+        # Clipped at 0: an accuracy that is not k/n exactly (rounded upstream) may sit a hair outside.
+        yerr = [[max(0.0, a - lo) for a, (lo, _) in zip(accs, bounds)], [max(0.0, hi - a) for a, (_, hi) in zip(accs, bounds)]]
         ax.errorbar(xs, accs, yerr=yerr, fmt="o-", color="#2c7bb6", capsize=4, label=label)
         low = min(lo for lo, _ in bounds)
         high = max(hi for _, hi in bounds)
