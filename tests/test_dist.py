@@ -7,6 +7,7 @@ The ranks are started with `python -m torch.distributed.run` (torchrun), as a us
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -119,6 +120,19 @@ def test_a_dead_rank_fails_the_run_and_resume_finishes_it(folder, one_process):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "finished earlier" in resumed.stdout  # the stages done before the failure were not redone
     assert comparable(Snapshot.of(db, run_id)) == comparable(one_process)
+
+
+def test_sharded_calls_equal_one_process(tmp_path, tiny_llava_entry):
+    """What the run above does not reach (reference search, learned scales, attribution and
+    reference tracing, the lens): sharded over 2 ranks == computed alone, bit for bit, on
+    effects far from zero; learned scales are fitted by rank 0 only (tests/dist_units.py)."""
+    out = tmp_path / "verdicts.json"
+    proc = torchrun(tmp_path, str(tiny_llava_entry), str(out), script="dist_units.py")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    verdicts = json.loads(out.read_text())
+    assert len(verdicts) == 2 and len(verdicts[0]) == 11
+    for rank, v in enumerate(verdicts):
+        assert all(v.values()), (rank, {k: ok for k, ok in v.items() if not ok})
 
 
 def test_round_robin_shares_cover_every_unit_once():

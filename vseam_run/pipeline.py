@@ -463,7 +463,8 @@ class _Stages:
             loaded = self._load(extra, extra.toyworld)
         items, untokenizable = self._items(loaded.questions, {}, f"eval.{extra.name}")
         self._record_untokenizable(f"eval.{extra.name}", untokenizable)
-        self._compare(ScoredSet(self.vlm, items, self.spec.batch_size, extra.name, stream=self.spec.stream), edits, f"eval.{extra.name}", extra.name)
+        scored = ScoredSet(self.vlm, items, self.spec.batch_size, extra.name, stream=self.spec.stream)
+        self._compare(scored, edits, f"eval.{extra.name}", extra.name)
 
     def _ablation(self, result: SearchResult, test: ScoredSet) -> None:
         from vseam_run.stages.ablation import run_ablation
