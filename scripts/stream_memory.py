@@ -13,7 +13,7 @@ how far the peak rose above the resident set before the stage (MiB). Prints JSON
 - learned: 2 epochs of learned scales on a search split, early-stopped on a val split of a
   quarter of its size (both sets held or streamed).
 
-A correctness instrument, not a benchmark: other processes do not change a process's own RSS, so
+Children run with glibc's MALLOC_MMAP_THRESHOLD_=65536 (see MALLOC). A correctness instrument, not a benchmark: other processes do not change a process's own RSS, so
 the figures hold on a loaded machine; they do depend on the allocator (freed memory is reused).
 """
 
@@ -29,7 +29,11 @@ from pathlib import Path
 
 import torch
 
-MiB = 1024 * 1024
+ROOT = Path(__file__).resolve().parents[1]
+# Large blocks straight from the kernel and back (glibc malloc): the resident set then follows
+# the live tensors instead of what the allocator keeps cached after a free.
+MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+sys.path.insert(0, str(ROOT))  # this checkout's vseam_run, also when another one is installed
 
 
 def _status_kib(field: str) -> int:
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--questions", type=int, default=32, help="questions at 1× (4× is measured too)")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (more than the free cores slows torch badly)")
     ap.add_argument("--child", nargs=4, metavar=("FOLDER", "STAGE", "N", "STREAM"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -92,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                 for stream in ("0", "1"):
                     cmd = [sys.executable, __file__, "--batch-size", str(args.batch_size), "--threads", str(args.threads),
                            "--child", tmp, stage, str(n), stream]
-                    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "VSEAM_QUIET": "1"}, check=True)
+                    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "VSEAM_QUIET": "1", **MALLOC})
+                    if out.returncode != 0:
+                        raise SystemExit(f"{stage} {n} stream={stream}: exit {out.returncode}\n{out.stderr[-3000:]}")
                     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(json.dumps({"batch_size": args.batch_size, "threads": args.threads, "model": "vseam_run.bench.BenchModel()",
                       "measurements": rows}, indent=1))
