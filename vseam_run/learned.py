@@ -95,6 +95,22 @@ def _batch_logits(vlm, batch, edits: dict[int, HeadEdit]) -> torch.Tensor:
         return vlm.last_logits(prep)
 
 
+class _BaseLogProbs:
+    """Log-probabilities of the unmodulated model per training batch, held or recomputed on use."""
+
+    def __init__(self, vlm, batches, *, keep: bool) -> None:
+        self.vlm, self.batches = vlm, batches
+        self._held = [self._compute(b) for b in batches] if keep else None
+
+    @torch.no_grad()
+    def _compute(self, batch) -> torch.Tensor:
+        return F.log_softmax(_batch_logits(self.vlm, batch, {}).float(), -1)
+
+    def __call__(self, i: int, batch) -> torch.Tensor:
+        """Batch `i`'s (`batch`: the same batch, already encoded by the caller)."""
+        return self._held[i] if self._held is not None else self._compute(batch)
+
+
 @torch.no_grad()
 def _eval(scored: ScoredSet, scales: torch.Tensor, accuracy_fn: Callable[[list[dict]], float]) -> tuple[float, float]:
     """(accuracy under the run's answer rule, mean gold cross-entropy) of ``scored`` under ``scales``."""
@@ -130,9 +146,10 @@ def fit_scales(
     theta = torch.ones(shape, dtype=torch.float32, device=vlm.device, requires_grad=True)
     opt = torch.optim.Adam([theta], lr=lr)
     gen = torch.Generator().manual_seed(seed)
-    batches = search.every_batch()  # every rank fits on all of them: an SGD path cannot be split
-    with torch.no_grad():  # the unmodulated distribution the KL term keeps the model near
-        base_logp = [F.log_softmax(_batch_logits(vlm, b, {}).float(), -1) for b in batches]
+    batches = search.every_batch()  # all of them: an SGD path cannot be split across ranks
+    # The unmodulated distribution the KL term keeps the model near: kept per batch, or, with a
+    # streamed set, recomputed when its batch comes up (the same pass on the same inputs).
+    base_logp = _BaseLogProbs(vlm, batches, keep=not search.stream)
     acc0, ce0 = _eval(val, theta.detach(), accuracy_fn)
     history = [EpochLog(0, math.nan, math.nan, acc0, ce0)]
     best, best_key, best_epoch, since = theta.detach().clone(), (acc0, -ce0), 0, 0
@@ -146,7 +163,7 @@ def fit_scales(
                 logp = F.log_softmax(logits, -1)
                 loss = ce + l2 * (theta - 1).pow(2).mean() + l1 * (theta - 1).abs().mean()
                 if kl > 0:
-                    loss = loss + kl * F.kl_div(logp, base_logp[i], log_target=True, reduction="batchmean")
+                    loss = loss + kl * F.kl_div(logp, base_logp(i, batch), log_target=True, reduction="batchmean")
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

@@ -354,20 +354,13 @@ class _Stages:
         from vseam_run.stages.edit import EditContext, run_edit_stage
 
         ctx = EditContext(self.spec, self.store, self.run_id, self.device, self.cache_dir, self.art_dir, self.log, self.record, self.vlm)
-        # Not split across ranks: rank 0 fills the edit cache, then the others run it from the cache.
-        with dist.main_first(), dist.unsharded():
-            return trace_stage.pairs_of(run_edit_stage(ctx, questions, base_rows).kept)
+        # Split across ranks by whole batches (edits made into the cache, edited images scored): stages/edit.py
+        return trace_stage.pairs_of(run_edit_stage(ctx, questions, base_rows).kept)
 
     def _trace(self, questions: list[Question], pairs: list[trace_stage.EditPair] | None) -> None:
-        with dist.main_first(), dist.unsharded():  # not split across ranks (see _edits)
-            self._trace_pairs(questions, pairs)
-
-    def _trace_pairs(self, questions: list[Question], pairs: list[trace_stage.EditPair] | None) -> None:
-        if pairs is None:
-            from vseam_run.edit.procedural import make_edits
-
-            pairs = trace_stage.pairs_of(make_edits(questions, self.cache_dir / "edits", progress=False))
-        trace_stage.run_trace(self, self.spec.trace, questions, pairs, name=self.spec.name, batch_size=self.spec.batch_size)
+        pairs = trace_stage.procedural_pairs(questions, self.cache_dir) if pairs is None else pairs
+        trace_stage.run_trace(self, self.spec.trace, questions, pairs, name=self.spec.name, batch_size=self.spec.batch_size,
+                              stream=self.spec.stream)  # split across ranks by whole batches of pairs
 
     def _search(self, items: list[Item], fp: Fingerprint) -> SearchResult:
         s = self.spec.search
@@ -377,7 +370,7 @@ class _Stages:
         result = search_heads(
             self.vlm, [SearchItem(it.qid, it.image, it.question, it.gold_id) for it in items],
             strategy=s.strategy, scoring=s.scoring, ablation=s.ablation, top_k=s.top_k, verify_k=s.verify_k,
-            batch_size=self.spec.batch_size, batch_rows=s.batch_rows, stream=s.stream,
+            batch_size=self.spec.batch_size, batch_rows=s.batch_rows, stream=s.stream or self.spec.stream,
             checkpoint=self.ledger.checkpointer("search", fp),
         )
         heads = result.to_json()
@@ -413,7 +406,7 @@ class _Stages:
 
         ev = self.spec.evaluate or EvaluateSpec()
         return Settings(self.spec.modulation, ev.protocol, ev.answer_match, ev.control_draws, ev.bootstrap,
-                        self.spec.batch_size, self.spec.seed, self.spec.name)
+                        self.spec.batch_size, self.spec.seed, self.spec.name, self.spec.stream)
 
     def _sink(self):
         from vseam_run.stages.modulate import Sink
@@ -435,7 +428,7 @@ class _Stages:
         if not by_split["test"]:
             raise VseamError("evaluate: the test split is empty", hint="raise data.split.test or use more questions")
         settings, sink = self._stage_settings(), self._sink()
-        sets = stage.SplitSets(self.vlm, by_split, spec.batch_size)  # encoded once, only when a stage needs one
+        sets = stage.SplitSets(self.vlm, by_split, spec.batch_size, stream=spec.stream)  # encoded when a stage needs one
         mod_fp = fingerprint(search=search_fp, modulation=spec.modulation, questions=items_part(by_split["val"]),
                              batch_size=spec.batch_size, answer_match=settings.answer_match, seed=spec.seed)
         scales = self.stage("modulation", mod_fp, lambda: stage.choose(self.vlm, result, sets, settings, sink),
@@ -470,7 +463,8 @@ class _Stages:
             loaded = self._load(extra, extra.toyworld)
         items, untokenizable = self._items(loaded.questions, {}, f"eval.{extra.name}")
         self._record_untokenizable(f"eval.{extra.name}", untokenizable)
-        self._compare(ScoredSet(self.vlm, items, self.spec.batch_size, extra.name), edits, f"eval.{extra.name}", extra.name)
+        scored = ScoredSet(self.vlm, items, self.spec.batch_size, extra.name, stream=self.spec.stream)
+        self._compare(scored, edits, f"eval.{extra.name}", extra.name)
 
     def _ablation(self, result: SearchResult, test: ScoredSet) -> None:
         from vseam_run.stages.ablation import run_ablation

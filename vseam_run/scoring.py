@@ -48,24 +48,43 @@ def _score(vlm: VLM, batch: Batch) -> list[dict]:
 
 
 class ScoredSet:
-    """Question batches encoded once (image features included) and re-scored under any head edits.
+    """Question batches re-scored under any head edits: encoded once and kept (image features
+    included), or with `stream` encoded again at each use, one batch in memory at a time (the
+    same operations on the same batches: the same numbers, for re-encoding's cost).
 
     Under torchrun each rank encodes and scores only its own batches (`vseam_run.dist`: whole
     batches, round-robin); `run` gathers the rows in order, so every rank gets all of them.
+    Inside `dist.unsharded()` (one rank working alone, e.g. fitting learned scales) `run`
+    scores every batch itself.
     """
 
-    def __init__(self, vlm: VLM, items: Sequence[Item], batch_size: int, label: str = "encode") -> None:
+    def __init__(self, vlm: VLM, items: Sequence[Item], batch_size: int, label: str = "encode", *, stream: bool = False) -> None:
         self.vlm = vlm
         self.items = list(items)
+        self.stream = stream
         self._chunks = [self.items[i : i + batch_size] for i in range(0, len(self.items), batch_size)]
-        self._world = dist.current()
-        self._mine = self._world.mine(len(self._chunks))
-        self.batches: list[Batch] = []  # this rank's batches (all of them in one process)
-        self._every: list[Batch] | None = None
-        with progress(label, sum(len(self._chunks[i]) for i in self._mine)) as advance:
-            for i in self._mine:
-                self.batches.append(_encode(vlm, self._chunks[i]))
+        self._held: dict[int, Batch] = {}  # batch index → encoded batch (held mode only)
+        if stream:
+            return
+        mine = dist.current().mine(len(self._chunks))
+        with progress(label, sum(len(self._chunks[i]) for i in mine)) as advance:
+            for i in mine:
+                self.batch(i)
                 advance(len(self._chunks[i]))
+
+    @property
+    def batches(self) -> list[Batch]:
+        """The batches held now (none when streamed)."""
+        return [self._held[i] for i in sorted(self._held)]
+
+    def batch(self, i: int) -> Batch:
+        """Batch `i`, encoded (and kept, unless streamed)."""
+        if i in self._held:
+            return self._held[i]
+        encoded = _encode(self.vlm, self._chunks[i])
+        if not self.stream:
+            self._held[i] = encoded
+        return encoded
 
     @staticmethod
     def score_once(vlm: VLM, items: Sequence[Item], batch_size: int, label: str) -> list[dict]:
@@ -83,17 +102,32 @@ class ScoredSet:
 
     def run(self, edits: dict[int, HeadEdit] | None = None) -> list[dict]:
         """Per-question rows (qid, split, category, gold, pred, correct, gold_prob)."""
+        w = dist.current()  # how work is split now (a set may be made sharded and used by one rank alone)
         with edit_heads(self.vlm, edits or {}):
-            local = {i: _score(self.vlm, batch) for i, batch in zip(self._mine, self.batches)}
-        return [row for rows in dist.gather_units(len(self._chunks), local, self._world) for row in rows]
+            local = {i: _score(self.vlm, self.batch(i)) for i in w.mine(len(self._chunks))}
+        return [row for rows in dist.gather_units(len(self._chunks), local, w) for row in rows]
 
-    def every_batch(self) -> list[Batch]:
-        """All batches on this rank, in order (for work that cannot be split: fitting scales)."""
-        if len(self._mine) == len(self._chunks):
-            return self.batches
-        if self._every is None:
-            self._every = [_encode(self.vlm, chunk) for chunk in self._chunks]
-        return self._every
+    def every_batch(self) -> Sequence[Batch]:
+        """All batches, in order, on this rank (for work that cannot be split: fitting scales);
+        streamed, each is encoded when it is indexed."""
+        return _Batches(self)
+
+
+class _Batches(Sequence[Batch]):
+    """A ScoredSet's batches as a sequence (held ones kept, streamed ones encoded on access)."""
+
+    def __init__(self, scored: ScoredSet) -> None:
+        self._scored = scored
+
+    def __len__(self) -> int:
+        return len(self._scored._chunks)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self._scored.batch(j) for j in range(len(self))[i]]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return self._scored.batch(i % len(self))
 
 
 def accuracy(rows: list[dict]) -> float:

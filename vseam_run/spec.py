@@ -437,6 +437,10 @@ class Spec(_Strict):
     )
     seed: int = Field(0, ge=0, description="Seed for splits, generation and random baselines (≥ 0: numpy refuses negative seeds).")
     batch_size: int = Field(16, ge=1, description="Questions per forward pass.")
+    stream: bool = Field(False, description="Every stage holds one batch of encoded inputs at a time (baseline, search, "
+                         "tracing, λ / learned scales, evaluation; each batch re-encoded when it is needed again): the same "
+                         "numbers, memory bounded by the batch instead of the split, some extra compute. search.stream "
+                         "does it for the exact search alone.")
     workdir: Path = Field(Path(".vseam"), description="Cache (generated data, edits) and run artifacts live here.")
     data: DataSpec
     edit: EditSpec | None = Field(None, description="Counterfactual edits; omit to skip.")

@@ -44,6 +44,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from vseam_run import dist
 from vseam_run.errors import VseamError
 from vseam_run.progress import progress
 from vseam_run.vlm import VLM, Prepared, get_module
@@ -397,17 +398,6 @@ def _chunks(seq: Sequence, n: int) -> list[Sequence]:
     return [seq[i : i + n] for i in range(0, len(seq), n)]
 
 
-def _baselines(batches: list[_Batch], P: int) -> tuple[np.ndarray, np.ndarray]:
-    """[D, P] p_source and p_base from the batches' rows."""
-    p_src, p_base = np.zeros((2, P)), np.zeros((2, P))
-    for b in batches:
-        for d in range(2):
-            rows = [b.base_row(d, q) for q in range(b.n)]
-            p_src[d, b.offset : b.offset + b.n] = b.p_source[rows].cpu().numpy()
-            p_base[d, b.offset : b.offset + b.n] = b.p_base[rows].cpu().numpy()
-    return p_src, p_base
-
-
 # ---- exact -------------------------------------------------------------------------------------
 
 
@@ -424,6 +414,71 @@ def _step(vlm: VLM, prep: Prepared, layer: int, hidden: torch.Tensor) -> tuple[d
     return acts, nxt
 
 
+class _TraceBatches:
+    """This rank's batches of pairs (whole batches, round-robin under torchrun: `vseam_run.dist`).
+
+    Held: prepared once and kept, each with the hidden state entering the layer reached so far.
+    Streamed: prepared again whenever needed and carried from the embeddings, one batch in
+    memory at a time. The same operations on the same batches either way: the same numbers."""
+
+    def __init__(self, vlm: VLM, pairs: Sequence[TracePair], batch_size: int, group_fn: GroupFn, *, stream: bool = False) -> None:
+        self.vlm, self.pairs, self.batch_size, self.group_fn, self.stream = vlm, pairs, batch_size, group_fn, stream
+        self.world = dist.current()
+        self.starts = list(range(0, len(pairs), batch_size))
+        self.mine = self.world.mine(len(self.starts))
+        self._held = {} if stream else {i: self.prepare(i) for i in self.mine}
+        self._hidden = {i: b.prep.embeds for i, b in self._held.items()}
+        self._at = {i: 0 for i in self._held}
+
+    def span(self, i: int) -> slice:
+        return slice(self.starts[i], min(self.starts[i] + self.batch_size, len(self.pairs)))
+
+    def prepare(self, i: int) -> _Batch:
+        return _prepare_batch(self.vlm, self.pairs[self.span(i)], self.starts[i], self.group_fn)
+
+    def each(self) -> Iterator[tuple[int, _Batch]]:
+        for i in self.mine:
+            yield i, self._held[i] if i in self._held else self.prepare(i)
+
+    def entering(self, layer: int) -> Iterator[tuple[_Batch, torch.Tensor]]:
+        """Each batch with the hidden state entering `layer`."""
+        for i, b in self.each():
+            if self.stream:
+                hidden = b.prep.embeds
+                for k in range(layer):
+                    hidden = self.vlm.next_hidden(b.prep, k, hidden)
+                yield b, hidden
+                continue
+            while self._at[i] < layer:  # the kept state moves forward only
+                self._hidden[i] = self.vlm.next_hidden(b.prep, self._at[i], self._hidden[i])
+                self._at[i] += 1
+            yield b, self._hidden[i]
+
+    def gather(self, values: np.ndarray, axis: int = 0) -> None:
+        """Fill `values` (pairs along `axis`) with what the other ranks computed for their batches."""
+        if not self.world.active:
+            return
+        index = lambda i: (slice(None),) * axis + (self.span(i),)  # noqa: E731
+        local = {i: values[index(i)].copy() for i in self.mine}
+        for i, part in enumerate(dist.gather_units(len(self.starts), local, self.world)):
+            values[index(i)] = part
+
+
+def _batch_baselines(src: _TraceBatches, P: int, G: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[D, P] p_source and p_base, and [P, G] which position groups each pair has, gathered."""
+    p_src, p_base, present = np.zeros((2, P)), np.zeros((2, P)), np.zeros((P, G), dtype=bool)
+    for i, b in src.each():
+        for d in range(2):
+            rows = [b.base_row(d, q) for q in range(b.n)]
+            p_src[d, b.offset : b.offset + b.n] = b.p_source[rows].cpu().numpy()
+            p_base[d, b.offset : b.offset + b.n] = b.p_base[rows].cpu().numpy()
+        present[b.offset : b.offset + b.n] = b.groups.any(-1).cpu().numpy()
+    src.gather(p_src, axis=1)
+    src.gather(p_base, axis=1)
+    src.gather(present)
+    return p_src, p_base, present
+
+
 @torch.no_grad()
 def exact_trace(
     vlm: VLM,
@@ -438,6 +493,7 @@ def exact_trace(
     group_fn: GroupFn = position_groups,
     checkpoint: Checkpointer | None = None,
     key_prefix: str = "exact",
+    stream: bool = False,
 ) -> TraceResult:
     """Every cell's patched probability, fast: see the module docstring.
 
@@ -446,14 +502,17 @@ def exact_trace(
     window layer for both images), then every (direction, component, group, pair) cell is a
     row of a batched run from the window's first layer. Finished layers are saved to
     `checkpoint` under `<key_prefix>:<layer>` and skipped when found there.
+
+    `stream`: one batch in memory at a time, prepared again for each layer. Under torchrun
+    each rank computes its whole batches and every layer is gathered before it is saved.
     """
     if not pairs:
         raise ValueError("trace needs at least one pair")
     L, P = vlm.num_layers, len(pairs)
-    batches = [_prepare_batch(vlm, pairs[i : i + batch_size], i, group_fn) for i in range(0, P, batch_size)]
     names = _group_names(vlm, group_fn, pairs[0])
     G = len(names)
-    p_src, p_base = _baselines(batches, P)
+    src = _TraceBatches(vlm, pairs, batch_size, group_fn, stream=stream)
+    p_src, p_base, present = _batch_baselines(src, P, G)
     eligible = (p_src - p_base) >= margin
     dir_idx = [DIRECTIONS.index(d) for d in directions]
     comp_idx = [COMPONENTS.index(c) for c in components]
@@ -461,35 +520,31 @@ def exact_trace(
     saved = checkpoint.load() if checkpoint else {}
     done = {int(k.rsplit(":", 1)[1]): np.array(v, dtype=float) for k, v in saved.items() if k.startswith(key_prefix + ":")}
 
-    def rows_of(b: _Batch) -> list[tuple[int, int, int, int]]:
-        return [(d, q, c, g) for d in dir_idx for q in range(b.n) if eligible[d, b.offset + q]
-                for c in comp_idx for g in range(G) if b.groups[q, g].any()]
+    def rows_of(offset: int, n: int) -> list[tuple[int, int, int, int]]:
+        return [(d, q, c, g) for d in dir_idx for q in range(n) if eligible[d, offset + q]
+                for c in comp_idx for g in range(G) if present[offset + q, g]]
 
-    hidden = [b.prep.embeds for b in batches]
-    at = [0] * len(batches)
-    total = sum(len(rows_of(b)) for b in batches) * sum(1 for l in range(L) if l not in done)
-    with progress("trace (exact)", total) as advance:
+    mine_rows = sum(len(rows_of(src.starts[i], src.span(i).stop - src.starts[i])) for i in src.mine)
+    with progress("trace (exact)", mine_rows * sum(1 for l in range(L) if l not in done)) as advance:
         for l in range(L):
-            win = _window(l, window, L)
             if l in done:
                 patched[:, :, l] = done[l]
-            for i, b in enumerate(batches):
-                # Bring the kept state to the window's first layer, then the window's activations.
-                while at[i] < win.start:
-                    _, hidden[i] = _step(vlm, b.prep, at[i], hidden[i])
-                    at[i] += 1
-                if l in done:
-                    continue
-                acts, h = {}, hidden[i]
+                continue
+            win = _window(l, window, L)
+            # Each batch from the state entering the window's first layer, then the window's activations.
+            for b, hidden in src.entering(win.start):
+                acts, h = {}, hidden
                 for k in win:
                     acts[k], h = _step(vlm, b.prep, k, h)
-                rows = rows_of(b)
-                for chunk in _chunks(rows, batch_rows):
-                    probs = _run_rows(vlm, b, hidden[i], win, acts, chunk)
+                for chunk in _chunks(rows_of(b.offset, b.n), batch_rows):
+                    probs = _run_rows(vlm, b, hidden, win, acts, chunk)
                     for (d, q, c, g), p in zip(chunk, probs):
                         patched[d, b.offset + q, l, c, g] = p
                     advance(len(chunk))
-            if checkpoint and l not in done:
+            layer = np.ascontiguousarray(patched[:, :, l])
+            src.gather(layer, axis=1)
+            patched[:, :, l] = layer
+            if checkpoint:
                 checkpoint.save(f"{key_prefix}:{l}", _nan_to_none_nested(patched[:, :, l]))
     return _result(pairs, names, window, margin, p_src, p_base, eligible, patched, directions, components, "exact")
 
@@ -563,7 +618,10 @@ def reference_trace(
     patched = np.full((2, P, L, 3, G), np.nan)
     p_src, p_base = np.zeros((2, P)), np.zeros((2, P))
     want = None if cells is None else set(cells)
-    for p, pair in enumerate(pairs):
+    # Under torchrun (every cell asked for) each rank traces its share of the pairs, gathered below.
+    w = dist.current() if want is None else dist.World()
+    for p in w.mine(P):
+        pair = pairs[p]
         if want is not None and not any(c[1] == p for c in want):
             continue
         inputs = [vlm.encode([im], [pair.question]) for im in (pair.clean_image, pair.edited_image)]
@@ -588,6 +646,10 @@ def reference_trace(
                         with forward_hooks(hooks):
                             logits = vlm.model(**inputs[base]).logits[:, -1]
                         patched[cell] = float(logits.float().softmax(-1)[0, target])
+    if w.active:
+        local = {p: (patched[:, p].copy(), p_src[:, p].copy(), p_base[:, p].copy()) for p in w.mine(P)}
+        for p, (pt, ps, pb) in enumerate(dist.gather_units(P, local, w)):
+            patched[:, p], p_src[:, p], p_base[:, p] = pt, ps, pb
     eligible = (p_src - p_base) >= margin
     if want is None:
         patched[~np.broadcast_to(eligible[:, :, None, None, None], patched.shape)] = np.nan
@@ -664,19 +726,23 @@ def attribution_trace(
     names = _group_names(vlm, group_fn, pairs[0])
     G = len(names)
     patched = np.full((2, P, L, 3, G), np.nan)
-    batches = [_prepare_batch(vlm, pairs[i : i + batch_size], i, group_fn) for i in range(0, P, batch_size)]
-    p_src, p_base = _baselines(batches, P)
-    eligible = (p_src - p_base) >= margin
-    with progress("trace (attribution)", len(batches)) as advance:
-        for b in batches:
+    # One batch in memory at a time (each is used once); under torchrun this rank's whole batches.
+    src = _TraceBatches(vlm, pairs, batch_size, group_fn, stream=True)
+    p_src, p_base = np.zeros((2, P)), np.zeros((2, P))
+    groups_present = np.zeros((P, G), dtype=bool)
+    with progress("trace (attribution)", len(src.mine)) as advance:
+        for _, b in src.each():
             est = _first_order(vlm, b)  # [2n, L, 3, G]: estimated p change with the row as base run
             for d in range(2):
                 for q in range(b.n):
                     patched[d, b.offset + q] = b.p_base[b.base_row(d, q)].item() + est[b.base_row(d, q)]
+                    p_src[d, b.offset + q] = b.p_source[b.base_row(d, q)].item()
+                    p_base[d, b.offset + q] = b.p_base[b.base_row(d, q)].item()
+            groups_present[b.offset : b.offset + b.n] = b.groups.any(-1).cpu().numpy()
             advance(1)
-    groups_present = np.zeros((P, G), dtype=bool)
-    for b in batches:
-        groups_present[b.offset : b.offset + b.n] = b.groups.any(-1).cpu().numpy()
+    for values, axis in ((patched, 1), (p_src, 1), (p_base, 1), (groups_present, 0)):
+        src.gather(values, axis)
+    eligible = (p_src - p_base) >= margin
     # The same windows as exact patching: a window's first-order effect is the sum of its layers'.
     summed = np.zeros_like(patched)
     for l in range(L):
@@ -717,11 +783,15 @@ def _first_order(vlm: VLM, b: _Batch) -> np.ndarray:
 @torch.no_grad()
 def logit_lens(vlm: VLM, pairs: Sequence[TracePair], *, batch_size: int = 8) -> LensResult:
     """Per layer: the residual stream after it, at the last position, read through the final
-    norm and the LM head; the clean and the edited answer's probability and rank, on both images."""
+    norm and the LM head; the clean and the edited answer's probability and rank, on both images.
+    One batch at a time; under torchrun each rank its whole batches, gathered."""
     L, P = vlm.num_layers, len(pairs)
     prob, rank = np.zeros((2, 2, P, L)), np.zeros((2, 2, P, L))
     norm = get_module(vlm.model, vlm.entry.modules.final_norm)
-    for i in range(0, P, batch_size):
+    w = dist.current()
+    starts = list(range(0, P, batch_size))
+    mine = w.mine(len(starts))
+    for i in (starts[j] for j in mine):
         chunk = pairs[i : i + batch_size]
         n = len(chunk)
         prep = vlm.prepare(_encode_pairs(vlm, chunk))
@@ -739,6 +809,11 @@ def logit_lens(vlm: VLM, pairs: Sequence[TracePair], *, batch_size: int = 8) -> 
                     own = lg.gather(1, t[:, None])
                     prob[im, tok, i : i + n, l] = pr.gather(1, t[:, None])[:, 0].cpu().numpy()
                     rank[im, tok, i : i + n, l] = (1 + (lg > own).sum(-1)).cpu().numpy()
+    if w.active:
+        spans = [slice(i, min(i + batch_size, P)) for i in starts]
+        local = {j: (prob[:, :, spans[j]].copy(), rank[:, :, spans[j]].copy()) for j in mine}
+        for span, (pr, rk) in zip(spans, dist.gather_units(len(spans), local, w)):
+            prob[:, :, span], rank[:, :, span] = pr, rk
     return LensResult(prob, rank)
 
 

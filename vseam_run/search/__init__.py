@@ -106,7 +106,8 @@ def search_heads(
     stream: bool = False,
 ) -> SearchResult:
     """Score every (layer, head) of the language model on `items`; see the strategies module.
-    `stream`: the exact layers hold one batch at a time (re-encoded per layer), same numbers."""
+    `stream`: the exact layers (and attribution's offsets) hold one batch at a time (re-encoded
+    per layer), same numbers; attribution's first-order pass always holds one batch at a time."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose from {STRATEGIES}")
     if not items:
@@ -132,9 +133,9 @@ def search_heads(
         eff = exact_effects(vlm, items, ablation, batch_size=batch_size, batch_rows=batch_rows, done=done, on_layer=on_layer,
                             stream=stream)
     elif strategy == "attribution":
-        eff = attribution_effects(vlm, items, ablation, batch_size=batch_size, batch_rows=batch_rows)
+        eff = attribution_effects(vlm, items, ablation, batch_size=batch_size, batch_rows=batch_rows, stream=stream)
     else:
-        att = attribution_effects(vlm, items, ablation, batch_size=batch_size, batch_rows=batch_rows)
+        att = attribution_effects(vlm, items, ablation, batch_size=batch_size, batch_rows=batch_rows, stream=stream)
         verified = verify_candidates(att.effects, att.correct, scoring, verify_k or 3 * top_k)
         # The layers re-scored are only valid for this choice of heads (attribution on a GPU
         # need not be bit-reproducible), so the choice names their checkpoints.

@@ -57,29 +57,38 @@ def _chunks(seq: Sequence, n: int) -> list[Sequence]:
 def reference_effects(
     vlm: VLM, items: Sequence[SearchItem], mode: str, *, done: dict[int, np.ndarray] | None = None, on_layer: OnLayer | None = None
 ) -> Effects:
-    """The original method: for each head, for each question, one batch-1 pass with that head ablated."""
+    """The original method: for each head, for each question, one batch-1 pass with that head ablated.
+
+    Under torchrun the base pass is split by question and each layer's heads by head
+    (round-robin), each layer gathered before it is checkpointed: every number is still one
+    batch-1 pass, so the result is a one-process run's."""
     done = done or {}
     L, H, Q = vlm.num_layers, vlm.num_heads, len(items)
+    w = dist.current()
 
     def prob(item: SearchItem) -> tuple[float, bool]:
         inputs = vlm.encode([item.image], [item.question])
         s = vlm.score(vlm.model(**inputs).logits[:, -1], torch.tensor([item.gold_id], device=vlm.device))
         return float(s.gold_prob[0]), bool(s.correct[0])
 
-    base = [prob(it) for it in items]
+    base = dist.map_units(list(items), prob)
     base_prob = np.array([b[0] for b in base])
     effects = np.zeros((Q, L, H))
     todo = [l for l in range(L) if l not in done]
-    with progress("search (reference)", len(todo) * H * Q) as advance:
+    heads = w.mine(H)
+    with progress("search (reference)", len(todo) * len(heads) * Q) as advance:
         for l in range(L):
             if l in done:
                 effects[:, l] = done[l]
                 continue
-            for h in range(H):
+            for h in heads:
                 with edit_heads(vlm, ablate_heads_edits([(l, h)], H, mode)):
                     for q, it in enumerate(items):
                         effects[q, l, h] = base_prob[q] - prob(it)[0]
                         advance(1)
+            if w.active:
+                gathered = dist.gather_units(H, {h: effects[:, l, h].copy() for h in heads}, w)
+                effects[:, l] = np.stack(gathered, axis=1)
             if on_layer:
                 on_layer(l, effects[:, l])
     return Effects(effects, base_prob, np.array([b[1] for b in base]))
@@ -273,6 +282,7 @@ def attribution_effects(
     batch_size: int = 16,
     batch_rows: int = 64,
     offset_samples: int | None = OFFSET_SAMPLES,
+    stream: bool = False,
 ) -> Effects:
     """First-order estimates of every head's effect, shifted by a per-layer offset measured exactly.
 
@@ -301,7 +311,7 @@ def attribution_effects(
     sampled = np.flatnonzero((picks >= 0).any(1))  # questions with at least one exact row
     row_of = {int(q): i for i, q in enumerate(sampled)}
     ex = exact_effects(vlm, [items[q] for q in sampled], mode, batch_size=batch_size * H, batch_rows=batch_rows,
-                       picks=picks[sampled], label="search (attribution offsets)")
+                       picks=picks[sampled], label="search (attribution offsets)", stream=stream)
     effects = first.effects.copy()
     for qs in groups:
         for l in range(L):
@@ -343,8 +353,9 @@ def first_order_effects(vlm: VLM, items: Sequence[SearchItem], mode: str, *, bat
     w = dist.current()  # under torchrun: this rank's batches, gathered below
     spans = _spans(items, batch_size)
     mine = w.mine(len(spans))
-    batches = _prepare_batches(vlm, items, batch_size, only=mine)
-    with progress("search (attribution)", len(batches)) as advance:
+    # One batch encoded at a time: each is used once (memory grows with the batch, not the split).
+    batches = (_prepare_batches(vlm, items, batch_size, only=[i])[0] for i in mine)
+    with progress("search (attribution)", len(mine)) as advance:
         for b in batches:
             embeds = b.prep.embeds.detach().clone().requires_grad_(True)
             prep = b.prep.with_embeds(embeds)

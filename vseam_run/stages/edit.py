@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vseam_run import dist
 from vseam_run.data.base import Question
 from vseam_run.edit.checks import pixel_check
 from vseam_run.edit.engine import EditBatch, EditRecord, InpaintEditor, judge
@@ -64,9 +65,22 @@ def run_edit_stage(ctx: EditContext, questions: list[Question], base_rows: dict[
 # --- making the edits -------------------------------------------------------------------------
 
 
+def _fill_sharded(n: int, batch_size: int, make: Callable[[slice], int]) -> int:
+    """Under torchrun, each rank makes its whole batches of the `n` edits first (`make(span)`
+    writes them to the content-keyed cache and says how many it had to compute); summed over
+    the ranks. Afterwards every rank reads all edits, in order, from the cache: the same records
+    as a one-process run (a rank that does not share the cache folder — another node without a
+    shared file system — computes the ones it misses itself)."""
+    spans = [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+    return sum(dist.map_units(spans, make))
+
+
 def _procedural(questions: list[Question], ctx: EditContext) -> EditBatch:
     from vseam_run.edit.procedural import make_edits
 
+    if dist.current().active:
+        _fill_sharded(len(questions), ctx.spec.batch_size,
+                      lambda span: len(make_edits(questions[span], ctx.cache_dir / "edits", progress=False)))
     out = EditBatch(computed=None, reused=None)  # procedural edits keep their own cache; not counted
     for e, q in zip(make_edits(questions, ctx.cache_dir / "edits", progress=True), questions):
         with Image.open(q.image_path) as o, Image.open(e.image_path) as ed, Image.open(e.mask_path) as m:
@@ -97,8 +111,14 @@ def _inpaint(questions: list[Question], spec: EditSpec, ctx: EditContext) -> Edi
         raise VseamError(f"edit: no question has a sensible edit{first}", hint="see the reasons in the run's 'edit.skipped' document")
     by_qid = {q.qid: q for q in questions}
     editor = InpaintEditor(spec, ctx.device, ctx.cache_dir / "edits", ctx.log)
+    computed = None
+    if dist.current().active:  # ranks first make their shares; every edit then comes from the cache
+        computed = _fill_sharded(len(plans), ctx.spec.batch_size,
+                                 lambda span: editor.run((by_qid[p.qid], p) for p in plans[span]).computed or 0)
     with progress("inpaint edits", len(plans)) as advance:
         batch = editor.run(((by_qid[p.qid], p) for p in plans), advance)
+    if computed is not None:  # counted as one process would: made once, by some rank
+        batch.computed, batch.reused = computed, len(plans) - computed
     batch.skipped = planned.skipped
     ctx.log(f"  {batch.computed} edit(s) computed, {batch.reused} from the cache; models loaded: {', '.join(editor.models_loaded) or 'none'}")
     return batch

@@ -25,10 +25,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from vseam_run import evaluate, fmt, modulate, report
+from vseam_run import dist, evaluate, fmt, modulate, report
 from vseam_run.errors import VseamError
 from vseam_run.heads import HeadEdit
-from vseam_run.learned import edits_for, fit_scales
+from vseam_run.learned import LearnedScales, edits_for, fit_scales
 from vseam_run.scoring import Item, ScoredSet
 from vseam_run.search import SearchResult
 
@@ -79,6 +79,7 @@ class Settings:
     batch_size: int = 16
     seed: int = 0
     name: str = ""
+    stream: bool = False  # sets encoded again at each use, one batch in memory at a time (spec `stream`)
 
 
 @dataclass
@@ -106,15 +107,15 @@ class Outcome:
 class SplitSets:
     """Split items encoded on first use (val and search are only needed by some policies)."""
 
-    def __init__(self, vlm, by_split: dict[str, list[Item]], batch_size: int) -> None:
-        self.vlm, self.by_split, self.batch_size = vlm, by_split, batch_size
+    def __init__(self, vlm, by_split: dict[str, list[Item]], batch_size: int, *, stream: bool = False) -> None:
+        self.vlm, self.by_split, self.batch_size, self.stream = vlm, by_split, batch_size, stream
         self._cache: dict[str, ScoredSet] = {}
 
     def get(self, split: str, why: str) -> ScoredSet:
         if split not in self._cache:
             if not self.by_split.get(split):
                 raise VseamError(f"{why} needs a non-empty {split} split", hint=f"set data.split.{split} > 0 or use more questions")
-            self._cache[split] = ScoredSet(self.vlm, self.by_split[split], self.batch_size, split)
+            self._cache[split] = ScoredSet(self.vlm, self.by_split[split], self.batch_size, split, stream=self.stream)
         return self._cache[split]
 
 
@@ -197,11 +198,19 @@ def _choose_paper(result: SearchResult, sets: SplitSets, pol, matcher: Matcher, 
 
 
 def _fit_learned(vlm, sets: SplitSets, pol, settings: Settings, matcher: Matcher, sink: Sink) -> Chosen:
-    fit = fit_scales(
-        vlm, sets.get("search", "policy: learned"), sets.get("val", "policy: learned (early stopping)"),
-        positions=pol.positions, epochs=pol.epochs, patience=pol.patience, lr=pol.lr, l2=pol.l2, kl=pol.kl, l1=pol.l1,
-        clip=tuple(pol.clip), seed=settings.seed, accuracy_fn=matcher.accuracy, log=sink.log,
-    )
+    search = sets.get("search", "policy: learned")
+    val = sets.get("val", "policy: learned (early stopping)")
+
+    def fit_alone() -> LearnedScales:
+        # One SGD path cannot be split across ranks: under torchrun rank 0 fits (and scores val)
+        # alone and the others receive its scales, instead of every rank repeating the same work.
+        with dist.unsharded():
+            return fit_scales(
+                vlm, search, val, positions=pol.positions, epochs=pol.epochs, patience=pol.patience, lr=pol.lr, l2=pol.l2,
+                kl=pol.kl, l1=pol.l1, clip=tuple(pol.clip), seed=settings.seed, accuracy_fn=matcher.accuracy, log=sink.log,
+            )
+
+    fit = dist.main_decides(fit_alone)
     sink.document("learned_history", [vars(h) for h in fit.history])
     sink.record({"modulation.learned.best_epoch": float(fit.best_epoch), "modulation.learned.epochs_run": float(len(fit.history) - 1)})
     sink.log(f"  learned scales: kept epoch {fit.best_epoch} of {len(fit.history) - 1} "
@@ -327,7 +336,7 @@ def run(vlm, result: SearchResult, by_split: dict[str, list[Item]], settings: Se
     """All sub-stages in one go (what the pipeline runs through its ledger, step by step)."""
     if not by_split.get("test"):
         raise VseamError("evaluate: the test split is empty", hint="raise data.split.test or use more questions")
-    sets = SplitSets(vlm, by_split, settings.batch_size)
+    sets = SplitSets(vlm, by_split, settings.batch_size, stream=settings.stream)
     metrics: dict[str, float] = {}
     tee = Sink(lambda m: (metrics.update(m), sink.record(m)), sink.document, sink.question_rows, sink.artifact,
                sink.log, sink.art_dir)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from vseam_run import report
+from vseam_run import dist, report
 from vseam_run import trace as tr
 from vseam_run.data.base import Question
 from vseam_run.errors import VseamError
@@ -63,6 +63,15 @@ def pairs_from_state(state: list[dict[str, str]]) -> list[EditPair]:
     return [EditPair(d["qid"], Path(d["image_path"]), d["original_answer"], d["edited_answer"]) for d in state]
 
 
+def procedural_pairs(questions: Sequence[Question], cache_dir: Path) -> list[EditPair]:
+    """The toy world's exact edits as pairs (a trace without an edit stage). Rank 0 makes them
+    first (they are cached on disk); the other ranks then read them from the cache."""
+    from vseam_run.edit.procedural import make_edits
+
+    with dist.main_first():
+        return pairs_of(make_edits(questions, cache_dir / "edits", progress=False))
+
+
 class StageContext(Protocol):
     """What the pipeline gives a stage (pipeline._Stages has it)."""
 
@@ -96,8 +105,10 @@ def pairs_from_edits(vlm: VLM, questions: Sequence[Question], edits: Sequence[Ed
 
 
 def run_trace(ctx: StageContext, settings: TraceSpec, questions: Sequence[Question], edits: Sequence[EditLike], *,
-              name: str, batch_size: int) -> tr.TraceResult:
-    """Trace the pairs, record the result in the registry and draw its figures."""
+              name: str, batch_size: int, stream: bool = False) -> tr.TraceResult:
+    """Trace the pairs, record the result in the registry and draw its figures. Under torchrun the
+    tracing and the lens are split by whole batches of pairs (`vseam_run.dist`), the spot check
+    runs on rank 0 alone; `stream`: the exact trace holds one batch at a time."""
     vlm = ctx.vlm
     candidates, skipped = pairs_from_edits(vlm, questions, edits)
     if skipped:
@@ -117,8 +128,9 @@ def run_trace(ctx: StageContext, settings: TraceSpec, questions: Sequence[Questi
     if settings.method == "exact":
         fp = tr.fingerprint(candidates, model=vlm.entry.content_hash(), dtype=str(vlm.dtype), limit=settings.pairs, **kw)
         result = tr.exact_trace(vlm, pairs, batch_size=batch_size, batch_rows=settings.batch_rows,
-                                checkpoint=StageCheckpointer(ctx.store, ctx.run_id, STAGE), key_prefix=f"exact.{fp}", **kw)
-        spot = tr.spot_check(vlm, pairs, result, window=settings.window)
+                                checkpoint=StageCheckpointer(ctx.store, ctx.run_id, STAGE), key_prefix=f"exact.{fp}",
+                                stream=stream, **kw)
+        spot = dist.main_decides(lambda: tr.spot_check(vlm, pairs, result, window=settings.window))
     elif settings.method == "attribution":
         result = tr.attribution_trace(vlm, pairs, batch_size=batch_size, **kw)
     else:
