@@ -84,5 +84,7 @@ def tiny_vlm(tiny_entry) -> VLM:
 
 @pytest.fixture
 def toy_examples():
-    """A few toy-world examples (image, question, answer)."""
-    return toyworld.sample_examples(3, 6, 32)
+    """A few toy-world examples (image, question, answer), with questions of different lengths
+    (the shortest, the longest and four between) so that batches of them are padded."""
+    pool = sorted(toyworld.sample_examples(3, 40, 32), key=lambda e: len(e.question.split()))
+    return [pool[round(i * (len(pool) - 1) / 5)] for i in range(6)]

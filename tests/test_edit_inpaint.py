@@ -41,7 +41,7 @@ def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A toy set exported in GQA's formats (questions, scene graphs, 64×64 images)."""
-    return ensure_toyworld(ToyWorldParams(seed=3, images=5, image_size=64), tmp_path_factory.mktemp("toy"))
+    return ensure_toyworld(ToyWorldParams(seed=3, images=7, image_size=64), tmp_path_factory.mktemp("toy"))
 
 
 def _spec(folder: Path, photos: Path, weights: dict[str, Path], entry: Path, min_prob: float = 0.0) -> Path:
@@ -174,8 +174,8 @@ def test_contact_sheet_covers_every_category(runs) -> None:
     with RunStore(runs["db"]) as store:
         shown = store.get_document(first, "edit.contact_sheet")
         edits = store.get_document(first, "edits")
-    # 11 edits in 7 categories, 7 rows: one of each — taking every k-th edit would repeat color and material.
-    assert len(edits) == 11 and len(shown) == 7
+    # More edits than categories, 7 rows: one of each — taking every k-th edit would repeat some.
+    assert len(edits) > 7 and len(shown) == 7
     assert sorted(s["category"] for s in shown) == sorted({e["category"] for e in edits}) == [
         "boxy", "color", "link", "material", "pointy", "round", "spatial"]  # fmt: skip
 

@@ -37,9 +37,10 @@ def vlm(tiny_vlm):
 def make_pairs(vlm, n: int = 5) -> list[tr.TracePair]:
     """Pairs of two toy images under one question; the targets are the tokens whose probability
     the image change moves most in each direction, so every pair has a clear effect."""
-    clean, other = toyworld.sample_examples(5, 12, 32), toyworld.sample_examples(6, 12, 32)
-    # Questions of different lengths side by side, so batches are padded.
-    clean = sorted(clean, key=lambda e: len(e.question))[::2][:n]
+    clean, other = toyworld.sample_examples(5, 40, 32), toyworld.sample_examples(6, 12, 32)
+    # Questions of different lengths side by side (shortest to longest), so batches are padded.
+    clean = sorted(clean, key=lambda e: len(e.question.split()))
+    clean = [clean[round(i * (len(clean) - 1) / (n - 1))] for i in range(n)]
     pairs = []
     for i, (a, b) in enumerate(zip(clean, other)):
         prep = vlm.prepare(vlm.encode([a.image, b.image], [a.question] * 2))
