@@ -54,26 +54,38 @@ def exit_code(exc: BaseException) -> int:
     return exc.exit_code if isinstance(exc, RunInterrupted) else 128 + signal.SIGINT
 
 
+class Signals:
+    """The switch `signals_interrupt` yields: once the run's outcome is being recorded (`settle`),
+    a signal no longer interrupts; it would cut the record short and leave the run 'running'
+    (under torchrun a rank whose peer died gets a failed collective and then, a moment later,
+    torchrun's SIGTERM, while it writes 'failed')."""
+
+    def __init__(self) -> None:
+        self.settled = False
+
+    def settle(self) -> None:
+        self.settled = True
+
+
 @contextlib.contextmanager
-def signals_interrupt() -> Iterator[None]:
-    """Inside: SIGTERM and SIGHUP raise `RunInterrupted` in the main thread (once; a second
-    signal while the interruption is being recorded is ignored). Outside the main thread,
+def signals_interrupt() -> Iterator[Signals]:
+    """Inside: SIGTERM and SIGHUP raise `RunInterrupted` in the main thread (once, and not after
+    `settle()`: a signal while the outcome is being recorded is ignored). Outside the main thread,
     where Python allows no handlers, nothing changes."""
+    state = Signals()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield state
         return
-    fired = False
 
     def handler(signum: int, _frame: object) -> None:
-        nonlocal fired
-        if fired:
+        if state.settled:
             return
-        fired = True
+        state.settle()
         raise RunInterrupted(signum)
 
     previous = {s: signal.signal(s, handler) for s in HANDLED_SIGNALS}
     try:
-        yield
+        yield state
     finally:
         for s, old in previous.items():
             signal.signal(s, old)

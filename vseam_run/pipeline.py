@@ -173,24 +173,28 @@ def _run(spec: Spec, store: RunStore, entry, device: torch.device, *, resume: st
     beat = lifecycle.heartbeat(store, run_id, heartbeat_s or lifecycle.HEARTBEAT_INTERVAL_S)
     # The signal handlers stay installed while the outcome is recorded, so a second SIGTERM
     # (ignored there) cannot kill the process between the interruption and its record.
-    with lifecycle.signals_interrupt():
+    with lifecycle.signals_interrupt() as signals:
         try:
             with beat:
                 stages = _Stages(spec, store, run_id, entry, device, log)
                 dist.barrier()  # every rank has read the ledger before rank 0 writes to it
                 metrics = stages.run_all()
         except KeyboardInterrupt as e:
+            signals.settle()  # from here a signal cannot cut the record short
             cause = lifecycle.interrupt_cause(e)
             store.set_status(run_id, "interrupted", error_message=f"interrupted ({cause})")
             log(f"run {run_id} interrupted ({cause}); what was computed is kept. "
                 f"Continue with: vseam run --resume {run_id}{resume_options}")
             raise
         except VseamError as e:
+            signals.settle()
             store.set_status(run_id, "failed", error_message=str(e), error_traceback=traceback.format_exc())
             raise
         except Exception as e:
+            signals.settle()
             store.set_status(run_id, "failed", error_message=f"{type(e).__name__}: {e}", error_traceback=traceback.format_exc())
             raise
+        signals.settle()
         store.set_status(run_id, "succeeded")
     return RunOutcome(run_id, metrics)
 
