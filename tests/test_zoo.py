@@ -22,10 +22,11 @@ from vseam_run.zoo.train import ZOO_DIR, train
 # sampling noise of 600 questions, on a fresh sample through the registry entry.
 OVERALL = (0.80, 0.97)
 EVERY_CATEGORY = 0.75  # e.g. spatial and link each: no level may pass on one kind of question alone
-# Every level keeps some errors. (The target was at least 8 % per level; the shipped models
-# miss it on objects and relations: by the time material questions, learned last, pass 0.75, the
-# other levels are at 0.93-0.99. See the README's toy-model table.)
-MIN_ERRORS = 0.005
+# Errors every level keeps, so negative heads can exist: the target is at least 8 %. It holds
+# for attributes and relations (chains of links make some link questions need the line); objects are
+# learned early and reach 0.93-0.97 by the time material questions, learned last, pass 0.75, so
+# their floor is lower. See the README's toy-model table.
+MIN_ERRORS = {"object": 0.02, "attribute": 0.08, "relation": 0.08}
 EVERY_LEVEL_FRESH = 0.70
 EVERY_CATEGORY_FRESH = 0.65  # about 85 questions per category in 600
 
@@ -62,7 +63,7 @@ def test_shipped_model_meets_the_targets_on_its_held_out_set(name):
     acc = json.loads((ZOO_DIR / name / "train_report.json").read_text())["held_out_accuracy"]
     assert OVERALL[0] <= acc["overall"] <= OVERALL[1]
     assert min(acc[f"category.{c}"] for c in toyworld.CATEGORIES) >= EVERY_CATEGORY
-    assert max(acc[level] for level in ("object", "attribute", "relation")) <= 1 - MIN_ERRORS
+    assert all(acc[level] <= 1 - errors for level, errors in MIN_ERRORS.items()), acc
 
 
 @pytest.mark.parametrize("name", ["toy-llava", "toy-instructblip"])

@@ -40,9 +40,10 @@ from vseam_run.data.toyworld.world import Scene, sample_scene, scene_to_dict
 from vseam_run.errors import VseamError
 
 #: Bump when generation or rendering changes in meaning (2: one link per scene with halos, 9-14 px
-#: shapes, visible textures on thin shapes). The cache key also hashes this package's source
-#: (generator_source_hash), so a change nobody remembered to bump never reuses a stale set.
-GENERATOR_VERSION = 2
+#: shapes, visible textures on thin shapes; 3: chains of two links, link questions only where one
+#: end is linked). The cache key also hashes this package's source (generator_source_hash), so a
+#: change nobody remembered to bump never reuses a stale set.
+GENERATOR_VERSION = 3
 
 
 @functools.lru_cache(maxsize=1)

@@ -147,7 +147,10 @@ def candidates(scene: Scene, category: str) -> list[Target]:
         return [Target("material", subject=o.oid, value=m) for o in objs for m in MATERIALS]
     pairs = [(a.oid, b.oid) for a in objs for b in objs if a.oid != b.oid]
     if category == "link":
-        return [Target("link", subject=a, obj=b) for a, b in pairs]
+        # Asked only where at least one of the two is linked (wears a halo): in a picture without
+        # a link, or about two objects without one, "no" is told by the missing halos alone.
+        linked = scene.linked_objects()
+        return [Target("link", subject=a, obj=b) for a, b in pairs if a in linked or b in linked]
     if category == "spatial":
         ts = [Target("spatial", subject=a, obj=b, value=r) for a, b in pairs for r in SPATIAL_RELATIONS]
         return [t for t in ts if answer(scene, t) is not None]

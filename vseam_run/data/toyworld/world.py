@@ -38,10 +38,10 @@ LEFT, RIGHT, ABOVE, BELOW = "to the left of", "to the right of", "above", "below
 SPATIAL_CONVERSE: dict[str, str] = {LEFT: RIGHT, RIGHT: LEFT, ABOVE: BELOW, BELOW: ABOVE}
 SPATIAL_RELATIONS: tuple[str, ...] = tuple(SPATIAL_CONVERSE)
 #: The non-spatial relation (symmetric): a line joins the two objects and each of them wears a
-#: dark halo. A scene has at most one link, so the halo alone tells, at each end, that the object
-#: takes part in it, and "Is A linked to B?" is answered by looking at both A and B (with the
-#: line as the picture's cue). A 1-px line alone was never learned by a 2-layer vision tower:
-#: which objects it joins is a fact about pixels far from both of them.
+#: dark halo, so an object shows *at the object* that it takes part in a link (a 1-px line alone
+#: was never learned by a 2-layer vision tower: which objects it joins is a fact about pixels far
+#: from both). A three-object scene can hold two links, a chain A–B–C: then A and C both wear
+#: halos without being linked to each other, and only the line tells.
 LINK = "linked to"
 
 
@@ -73,8 +73,8 @@ class ToyObject:
 
 @dataclass(frozen=True)
 class Scene:
-    """A toy image's scene graph. `links` holds unordered object-id pairs joined by a line; scenes
-    sampled here and edited by counterfactual.py hold at most one."""
+    """A toy image's scene graph. `links` holds unordered object-id pairs joined by a line
+    (sampled scenes hold up to two; see sample_scene)."""
 
     width: int
     height: int
@@ -100,10 +100,9 @@ class Scene:
         return replace(self, objects=objs)
 
     def with_link(self, a: str, b: str, present: bool) -> Scene:
-        """A copy where a and b are (present) or are not linked. Linking them replaces any other
-        link, keeping the world's rule of at most one link per scene."""
+        """A copy where a and b are (present) or are not linked; other links stay."""
         pair = frozenset((a, b))
-        links = {pair} if present else self.links - {pair}
+        links = self.links | {pair} if present else self.links - {pair}
         return replace(self, links=frozenset(links))
 
     def linked_objects(self) -> frozenset[str]:
@@ -190,8 +189,9 @@ def object_size_range(image_size: int) -> tuple[int, int]:
 
 
 def sample_scene(rng: random.Random, image_size: int, link_prob: float = 0.5) -> Scene:
-    """A random valid scene with 2 or 3 objects of distinct kinds, and with probability
-    `link_prob` one link between two of them.
+    """A random valid scene with 2 or 3 objects of distinct kinds; with probability `link_prob`
+    one link between two of them, and in a three-object scene with a link, with probability
+    `link_prob` a second one (a chain A–B–C).
 
     Objects are placed one at a time, each by rejection against those already placed (far
     likelier to succeed than drawing whole layouts). A layout that runs out of room starts
@@ -231,11 +231,15 @@ def _sample_object(rng: random.Random, oid: str, kind: str, size: int) -> ToyObj
 
 
 def _sample_links(rng: random.Random, objs: list[ToyObject], p: float) -> frozenset[frozenset[str]]:
-    """At most one link: with probability p, between a pair drawn uniformly."""
+    """With probability p a link between a pair drawn uniformly; with three objects, with
+    probability p again a second link between another pair."""
+    pairs = [frozenset((a.oid, b.oid)) for i, a in enumerate(objs) for b in objs[i + 1 :]]
     if rng.random() >= p:
         return frozenset()
-    a, b = rng.sample(objs, 2)
-    return frozenset({frozenset((a.oid, b.oid))})
+    first = rng.choice(pairs)
+    if len(pairs) < 3 or rng.random() >= p:
+        return frozenset({first})
+    return frozenset({first, rng.choice([q for q in pairs if q != first])})
 
 
 # --- GQA scene-graph JSON ---------------------------------------------------------------------
