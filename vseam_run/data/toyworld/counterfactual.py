@@ -41,8 +41,9 @@ def edit_scene(scene: Scene, t: Target, rng: random.Random) -> SceneEdit | None:
     Object: a yes becomes no by turning the object into a kind absent from the scene; a no
     becomes yes by turning some object into the asked kind. Colour: another colour.
     Material: yes → another material, no → the asked material. Link: the link (line and
-    halos) is removed, or drawn between the two objects; other links stay. Spatial: objects move (see `_edit_spatial`); only this can fail, when the scene has
-    no room for the flipped relation.
+    halos) is removed, or drawn between the two objects; other links stay. Spatial: objects
+    move (see `_edit_spatial`); only this can fail, when the scene has no room for the flipped
+    relation.
     """
     if t.type == "exist":
         return _edit_kind(scene, t.value or "", rng)
