@@ -55,6 +55,10 @@ def test_balance_and_single_word_answers() -> None:
     for cat in CATEGORIES:
         if cat != "color":
             assert counts[cat, "yes"] == counts[cat, "no"] > 10, cat
+    # Every category gets about the same share, including link questions, whose "no" needs a
+    # three-object scene with a link (a turn that scene cannot serve is owed to the next one).
+    per_category = Counter(q.category for q in qs)
+    assert min(per_category.values()) >= 0.8 * max(per_category.values()), per_category
     colors = [counts["color", c] for c in COLORS]
     # spread evenly: each colour question asks about the scene's least-used answer colour, which a
     # scene may lack, so counts drift a little (a free draw over ~86 questions: sd ≈ 4 per colour)

@@ -68,7 +68,7 @@ class ToyWorldParams:
     images: int = 400
     """Number of scenes (images)."""
     image_size: int = 32
-    """Side of the square images in pixels; shapes are 10–14 px at 32 and scale with it."""
+    """Side of the square images in pixels; shapes are 9–14 px at 32 and scale with it."""
     questions_per_image: int = 3
     """Questions asked per scene (each of a different category) before exact yes/no balancing."""
 
@@ -111,23 +111,39 @@ class ToySet:
 def generate(params: ToyWorldParams) -> ToySet:
     """The evaluation set in memory: scenes, then questions balanced exactly per category.
 
-    Categories are cycled across the questions of consecutive scenes so each gets the same
-    share; each yes/no question aims at whichever answer its category has had fewer of, and
-    any surplus left at the end is trimmed so yes and no counts are equal per category.
-    Colour questions ask about the object whose colour has been the answer least often.
+    Categories take turns across the questions of consecutive scenes so each gets the same
+    share; each yes/no question asks for whichever answer its category has had fewer of. A turn
+    that falls on a scene unable to ask that (a "no" about a link needs a scene with a link and
+    a third object) is owed, and paid first by the next scene that can, so rare answers do not
+    shrink their category. Any surplus left at the end is trimmed so yes and no counts are
+    equal per category. Colour questions ask about the object whose colour has been the answer
+    least often.
     """
     rng = random.Random(params.seed)
     scenes: dict[str, Scene] = {}
     questions: list[ToyQuestion] = []
     counts: dict[str, Counter[str]] = {c: Counter() for c in CATEGORIES}
+    owed: list[str] = []
+    turn = 0
     for i in range(params.images):
         image_id = f"toy{params.seed}-{i:05d}"
         scene = scenes[image_id] = sample_scene(rng, params.image_size)
+        asked: set[str] = set()
         for k in range(params.questions_per_image):
-            category = CATEGORIES[(i * params.questions_per_image + k) % len(CATEGORIES)]
-            t = _pick(scene, category, counts[category], rng)
-            if t is None:
-                continue
+            picked = next(((c, t) for c in owed if c not in asked
+                           for t in [_pick(scene, c, counts[c], rng)] if t is not None), None)
+            if picked is not None:
+                owed.remove(picked[0])
+            else:
+                category = CATEGORIES[turn % len(CATEGORIES)]
+                turn += 1
+                t = _pick(scene, category, counts[category], rng) if category not in asked else None
+                if t is None:
+                    owed.append(category)
+                    continue
+                picked = (category, t)
+            category, t = picked
+            asked.add(category)
             ans = answer(scene, t)
             assert ans is not None
             counts[category][ans] += 1
@@ -139,16 +155,16 @@ def generate(params: ToyWorldParams) -> ToySet:
 
 
 def _pick(scene: Scene, category: str, seen: Counter[str], rng: random.Random) -> Target | None:
+    """A question of `category` for this scene with the answer the category has had fewer of
+    (either answer while they are even; any colour question), or None if the scene cannot ask it.
+    Only questions that can be edited: every exported question gets its counterfactual."""
     if category == "color":
         cands = _color_targets(scene)
         least = min(seen[answer(scene, t) or ""] for t in cands)
         return rng.choice([t for t in cands if seen[answer(scene, t) or ""] == least])
-    first = YES if seen[YES] < seen[NO] else NO if seen[NO] < seen[YES] else rng.choice((YES, NO))
-    second = NO if first == YES else YES
-    # Only questions that can be edited: every exported question gets its counterfactual.
-    return propose(scene, category, first, rng, has_counterfactual) or propose(
-        scene, category, second, rng, has_counterfactual
-    )
+    if seen[YES] != seen[NO]:
+        return propose(scene, category, YES if seen[YES] < seen[NO] else NO, rng, has_counterfactual)
+    return propose(scene, category, None, rng, has_counterfactual)
 
 
 def _color_targets(scene: Scene) -> list[Target]:
