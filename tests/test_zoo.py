@@ -22,11 +22,9 @@ from vseam_run.zoo.train import ZOO_DIR, train
 # sampling noise of 600 questions, on a fresh sample through the registry entry.
 OVERALL = (0.80, 0.97)
 EVERY_CATEGORY = 0.75  # e.g. spatial and link each: no level may pass on one kind of question alone
-# Errors every level keeps, so negative heads can exist: the target is at least 8 %. It holds
-# for attributes and relations (chains of links make some link questions need the line); objects are
-# learned early and reach 0.93-0.97 by the time material questions, learned last, pass 0.75, so
-# their floor is lower. See the README's toy-model table.
-MIN_ERRORS = {"object": 0.02, "attribute": 0.08, "relation": 0.08}
+# Errors every level keeps, so negative heads can exist: at least 8 % (objects, learned first, keep
+# them because the recipes give object questions 0.3 of their share; see zoo/train.py).
+MIN_ERRORS = {"object": 0.08, "attribute": 0.08, "relation": 0.08}
 EVERY_LEVEL_FRESH = 0.70
 EVERY_CATEGORY_FRESH = 0.65  # about 85 questions per category in 600
 

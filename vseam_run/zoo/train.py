@@ -83,6 +83,12 @@ class TrainRecipe:
     boost: dict[str, float] = field(default_factory=dict)
 
 
+#: Object questions are learned first: at their plain share they were at 0.93-0.97 by the time
+#: material questions, learned last, passed 0.75, leaving objects under the 8 % errors negative heads
+#: need. At 0.3 of it they keep about 8 % (and are still learned from every other question, which
+#: names objects too).
+OBJECTS_LESS = {"round": 0.3, "boxy": 0.3, "pointy": 0.3}
+
 RECIPES: dict[str, TrainRecipe] = {
     "toy-llava": TrainRecipe(
         arch="llava",
@@ -91,6 +97,7 @@ RECIPES: dict[str, TrainRecipe] = {
             image_size=32, patch_size=8, vision_hidden=64, vision_layers=2, vision_heads=4,
             text_hidden=128, text_layers=6, text_heads=8, text_intermediate=256,
         ),
+        boost=OBJECTS_LESS,
     ),
     "toy-instructblip": TrainRecipe(
         arch="instructblip",
@@ -103,7 +110,7 @@ RECIPES: dict[str, TrainRecipe] = {
         # Material questions were learned last by far (on a world where thin shapes hid their
         # material: 0.54 held-out while objects reached 0.91 and relations 0.86; 0.77 only at
         # 2,250 steps, with relations at 0.99).
-        boost={"material": 2.0},
+        boost={"material": 2.0, **OBJECTS_LESS},
     ),
 }
 
