@@ -41,8 +41,9 @@ from vseam_run.errors import VseamError
 
 #: Bump when generation or rendering changes in meaning (2: one link per scene with halos, 9-14 px
 #: shapes, visible textures on thin shapes; 3: chains of two links, link questions only where one
-#: end is linked). The cache key also hashes this package's source (generator_source_hash), so a
-#: change nobody remembered to bump never reuses a stale set.
+#: end is linked, owed turns so every category gets its share). The cache key also hashes this
+#: package's source (generator_source_hash), so a change nobody remembered to bump never reuses a
+#: stale set.
 GENERATOR_VERSION = 3
 
 
@@ -130,11 +131,13 @@ def generate(params: ToyWorldParams) -> ToySet:
         scene = scenes[image_id] = sample_scene(rng, params.image_size)
         asked: set[str] = set()
         for k in range(params.questions_per_image):
-            picked = next(((c, t) for c in owed if c not in asked
-                           for t in [_pick(scene, c, counts[c], rng)] if t is not None), None)
-            if picked is not None:
-                owed.remove(picked[0])
-            else:
+            picked = None
+            for c in owed:  # turns owed by earlier scenes first, oldest first
+                if c not in asked and (t := _pick(scene, c, counts[c], rng)) is not None:
+                    owed.remove(c)
+                    picked = (c, t)
+                    break
+            if picked is None:
                 category = CATEGORIES[turn % len(CATEGORIES)]
                 turn += 1
                 t = _pick(scene, category, counts[category], rng) if category not in asked else None
