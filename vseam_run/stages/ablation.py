@@ -7,8 +7,7 @@ a document and a bar chart per measure.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -18,23 +17,13 @@ from vseam_run.scoring import ScoredSet, accuracy
 from vseam_run.search import SearchResult
 from vseam_run.search.scoring import ranking_matrices
 from vseam_run.spec import AblationSpec
-from vseam_run.store import RunStore
-from vseam_run.vlm import VLM
+from vseam_run.stages.context import StageContext
 
 
-class AblationContext(Protocol):
-    """What the stage needs from the run (pipeline._Stages has it)."""
+class AblationContext(StageContext, Protocol):
+    """A stage's context plus the label of the run's modulation (pipeline._Stages has it)."""
 
-    vlm: VLM
-    store: RunStore
-    run_id: str
-    art_dir: Path
     label: str
-    log: Callable[[Any], None]
-
-    def record(self, metrics: dict[str, float]) -> None: ...
-
-    def artifact(self, kind: str, path: Path) -> None: ...
 
 
 def run_ablation(ctx: AblationContext, result: SearchResult, test: ScoredSet, ab: AblationSpec, *, scoring: str, seed: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
@@ -21,7 +21,7 @@ from vseam_run.data.base import Question
 from vseam_run.errors import VseamError
 from vseam_run.ledger import StageCheckpointer
 from vseam_run.spec import TraceSpec
-from vseam_run.store import RunStore
+from vseam_run.stages.context import StageContext
 from vseam_run.vlm import VLM
 
 STAGE = "trace"
@@ -70,20 +70,6 @@ def procedural_pairs(questions: Sequence[Question], cache_dir: Path) -> list[Edi
 
     with dist.main_first():
         return pairs_of(make_edits(questions, cache_dir / "edits", progress=False))
-
-
-class StageContext(Protocol):
-    """What the pipeline gives a stage (pipeline._Stages has it)."""
-
-    vlm: VLM
-    store: RunStore
-    run_id: str
-    art_dir: Path
-    log: Callable[[Any], None]
-
-    def record(self, metrics: dict[str, float]) -> None: ...
-
-    def artifact(self, kind: str, path: Path) -> None: ...
 
 
 def pairs_from_edits(vlm: VLM, questions: Sequence[Question], edits: Sequence[EditLike]) -> tuple[list[tr.TracePair], list[str]]:
