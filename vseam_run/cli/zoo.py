@@ -19,7 +19,7 @@ def train(
     in_place: Annotated[bool, typer.Option("--in-place", help="Overwrite the checkpoint shipped inside the package (what `model: toy-llava` loads).")] = False,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Override the recipe's maximum number of steps (training also stops early once held-out accuracy reaches the recipe's floors).")] = None,
 ) -> None:
-    """Train a toy model on the toy world (seeded; ≈6–8 min on 2 CPU cores) and report held-out accuracy.
+    """Train a toy model on the toy world (seeded; ≈4–6 min on 2 CPU cores) and report held-out accuracy.
 
     The checkpoint goes to a user folder, with a registry entry next to it that a spec can
     name (`model: PATH/entry.yaml`); --in-place replaces the shipped one instead.
