@@ -272,7 +272,7 @@ class _Stages:
         if not self.vlm.replay:
             self.log(f"  fast path off (self-check diff {self.metrics['check.max_prob_diff']:.3g}): every number from model(**inputs)")
         baseline_fp = fingerprint(model=self.model, questions=items_part(items), untokenizable=untokenizable,
-                                  batch_size=spec.batch_size, answer_match=self._answer_match())
+                                  batch_size=spec.batch_size, answer_match=self._answer_match(), **self._generate_fp())
         # The rows are in the registry already; the ledger entry need not hold them twice.
         rows = self.stage("baseline", baseline_fp, lambda: self._baseline(items, untokenizable),
                           save=len, load=lambda _: self.store.question_results(self.run_id, "baseline"))
@@ -308,7 +308,13 @@ class _Stages:
         self._record_untokenizable("data", untokenizable)
         # One streaming pass: an encoded set of every question would hold GBs for a 7B model.
         rows = ScoredSet.score_once(self.vlm, items, self.spec.batch_size, "baseline")
-        rows = evaluate.apply_answer_match(rows, self._answer_match())
+        if self._answer_match() == "generate":  # judged on generated answers: stages/generated.py
+            from vseam_run.stages.generated import baseline_generated
+
+            rows = baseline_generated(self.vlm, items, evaluate.apply_answer_match(rows, "first_token"), self._generate(),
+                                      self.spec.batch_size, self.record, lambda k, o: self.store.put_document(self.run_id, k, o), self.log)
+        else:
+            rows = evaluate.apply_answer_match(rows, self._answer_match())
         self.store.log_question_results(self.run_id, "baseline", rows)
         self.record(evaluate.summarize(rows).as_metrics("baseline"))
         self.log(f"  baseline accuracy {fmt.num(self.metrics['baseline.accuracy'])} on {len(rows)} questions")
@@ -410,7 +416,21 @@ class _Stages:
 
         ev = self.spec.evaluate or EvaluateSpec()
         return Settings(self.spec.modulation, ev.protocol, ev.answer_match, ev.control_draws, ev.bootstrap,
-                        self.spec.batch_size, self.spec.seed, self.spec.name, self.spec.stream)
+                        self.spec.batch_size, self.spec.seed, self.spec.name, self.spec.stream,
+                        ev.max_new_tokens, self._generate().rule)
+
+    def _generate(self, source: str | None = None):
+        """answer_match generate: the token budget and the benchmark rule (of `source`, default the run's data)."""
+        from vseam_run.answers import rule_for_source
+        from vseam_run.stages.generated import GenerateSettings
+
+        ev = self.spec.evaluate
+        rule = ev.answer_rule if (ev and ev.answer_rule != "auto" and source is None) else rule_for_source(source or self.spec.data.source)
+        return GenerateSettings(ev.max_new_tokens if ev else 16, rule)
+
+    def _generate_fp(self, source: str | None = None) -> dict:
+        """Fingerprint part of generation settings (empty unless answer_match is generate, so other runs resume)."""
+        return {"generate": vars(self._generate(source))} if self._answer_match() == "generate" else {}
 
     def _sink(self):
         from vseam_run.stages.modulate import Sink
@@ -440,7 +460,7 @@ class _Stages:
         edits = stage.edits_for(scales)
         for split, prefix, label in stage.protocol_sets(settings.protocol):
             eval_fp = fingerprint(modulation=mod_fp, questions=items_part(by_split[split]), bootstrap=settings.bootstrap,
-                                  seed=spec.seed, batch_size=spec.batch_size, controls=settings.control_draws)
+                                  seed=spec.seed, batch_size=spec.batch_size, controls=settings.control_draws, **self._generate_fp())
             self.stage(prefix, eval_fp, lambda split=split, prefix=prefix, label=label: stage.evaluate_set(
                 self.vlm, sets.get(split, f"evaluate.protocol: {settings.protocol}"), scales, prefix, label, settings, sink))
         if len(stage.protocol_sets(settings.protocol)) > 1:
@@ -449,17 +469,21 @@ class _Stages:
         ev = spec.evaluate
         for extra in (ev.extra if ev else []):
             extra_fp = fingerprint(modulation=mod_fp, extra=extra, bootstrap=settings.bootstrap, seed=spec.seed,
-                                   batch_size=spec.batch_size)
+                                   batch_size=spec.batch_size, **self._generate_fp(extra.source))
             self.stage(f"eval.{extra.name}", extra_fp, lambda extra=extra: self._evaluate_extra(extra, edits))
         if ev is not None and ev.ablation is not None:
             ablation_fp = fingerprint(search=search_fp, questions=items_part(by_split["test"]), ablation=ev.ablation,
                                       seed=spec.seed, batch_size=spec.batch_size)
             self.stage("ablation", ablation_fp, lambda: self._ablation(result, sets.get("test", "evaluate")))
 
-    def _compare(self, scored: ScoredSet, edits, prefix: str, label: str) -> None:
+    def _compare(self, scored: ScoredSet, edits, prefix: str, label: str, source: str | None = None) -> None:
+        from dataclasses import replace
+
         from vseam_run.stages import modulate as stage
 
         settings = self._stage_settings()
+        if source is not None:  # an evaluate.extra set is judged by its own benchmark's rule
+            settings = replace(settings, answer_rule=self._generate(source).rule)
         stage.compare(scored, edits, prefix, label, settings, stage.Matcher.for_model(self.vlm, settings.answer_match), self._sink())
 
     def _evaluate_extra(self, extra: ExtraDataSpec, edits) -> None:
@@ -468,7 +492,7 @@ class _Stages:
         items, untokenizable = self._items(loaded.questions, {}, f"eval.{extra.name}")
         self._record_untokenizable(f"eval.{extra.name}", untokenizable)
         scored = ScoredSet(self.vlm, items, self.spec.batch_size, extra.name, stream=self.spec.stream)
-        self._compare(scored, edits, f"eval.{extra.name}", extra.name)
+        self._compare(scored, edits, f"eval.{extra.name}", extra.name, extra.source)
 
     def _ablation(self, result: SearchResult, test: ScoredSet) -> None:
         from vseam_run.stages.ablation import run_ablation

@@ -416,10 +416,18 @@ class EvaluateSpec(_Strict):
         description="Where the modulation is evaluated: held_out (the test split), in_sample (the search split, "
         "the questions the heads were scored on, as the released code did) or both, side by side.",
     )
-    answer_match: Literal["first_token", "variants"] = Field(
+    answer_match: Literal["first_token", "variants", "generate"] = Field(
         "first_token",
         description="first_token: correct = the argmax is the gold answer's first token. variants: for yes/no "
-        "answers, any case or leading-space variant of yes / no counts (e.g. 'yes', '▁Yes', 'YES').",
+        "answers, any case or leading-space variant of yes / no counts (e.g. 'yes', '▁Yes', 'YES'). generate: "
+        "answers generated greedily (modulation active at every position) and judged by the benchmark's rule "
+        "(answer_rule), for the baseline, the evaluation and every evaluate.extra set; first-token accuracy is "
+        "recorded beside it, and the modulation is still chosen on val by the first-token rule.",
+    )
+    max_new_tokens: int = Field(16, ge=1, le=512, description="answer_match generate: tokens generated per answer at most.")
+    answer_rule: Literal["auto", "gqa", "pope", "cocoqa"] = Field(
+        "auto", description="answer_match generate: the benchmark rule for data (auto: by data.source; the toy world "
+        "uses GQA's). evaluate.extra sets are judged by their own source's rule.",
     )
     control_draws: int = Field(
         5, ge=0, description="Random-head controls: seeded draws of the policy's scale values on random heads (0: none)."

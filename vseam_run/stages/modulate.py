@@ -55,6 +55,9 @@ class Matcher:
 
     @classmethod
     def for_model(cls, vlm, rule: str) -> "Matcher":
+        # Under answer_match: generate every choice on val (and the random-head control) uses the
+        # first-token rule; generated answers are judged in stages/generated.py.
+        rule = "first_token" if rule == "generate" else rule
         ids = vlm.answer_token_ids(list(evaluate.YES_NO))
         tokens = {w: vlm.tokenizer.convert_ids_to_tokens(i) for w, i in zip(evaluate.YES_NO, ids) if i is not None}
         return cls(rule, tokens)
@@ -80,6 +83,8 @@ class Settings:
     seed: int = 0
     name: str = ""
     stream: bool = False  # sets encoded again at each use, one batch in memory at a time (spec `stream`)
+    max_new_tokens: int = 16  # answer_match generate
+    answer_rule: str = "gqa"  # answer_match generate: the benchmark rule of the set (vseam_run.answers)
 
 
 @dataclass
@@ -248,6 +253,11 @@ def compare(scored: ScoredSet, edits: dict[int, HeadEdit], prefix: str, label: s
             matcher: Matcher, sink: Sink) -> tuple[evaluate.ArmComparison, list[dict]]:
     """Baseline vs modulated on one set: rows stored, paired statistics recorded and printed,
     and for yes/no sets the benchmark measures (precision, recall, F1, yes-ratio)."""
+    if settings.answer_match == "generate":
+        from vseam_run.stages.generated import GenerateSettings, compare_generated
+
+        return compare_generated(scored, edits, prefix, label, settings, matcher, sink,
+                                 GenerateSettings(settings.max_new_tokens, settings.answer_rule))
     base_rows, mod_rows = matcher.rows(scored.run()), matcher.rows(scored.run(edits))
     sink.question_rows(f"{prefix}.baseline", base_rows)
     sink.question_rows(f"{prefix}.modulated", mod_rows)
