@@ -91,6 +91,8 @@ class _Recorder:
         self.seen: list[list[float]] = []
 
     def run(self, edits=None):
+        if hasattr(edits, "edits"):  # an intervention (vseam_run.modulation): its head edits
+            edits = edits.edits()
         values = []
         for e in (edits or {}).values():
             values += e.factors.tolist()

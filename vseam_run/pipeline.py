@@ -443,7 +443,7 @@ class _Stages:
         return self.spec.evaluate.answer_match if self.spec.evaluate else "first_token"
 
     def _modulate_and_evaluate(self, result: SearchResult, search_fp: Fingerprint, by_split: dict[str, list[Item]]) -> None:
-        """Sub-stages, each finished on its own: modulation (the scales), eval.test and/or eval.in_sample
+        """Sub-stages, each finished on its own: modulation (the intervention), eval.test and/or eval.in_sample
         (per evaluate.protocol, with random-head controls), eval.<extra>…, ablation. The logic is in
         vseam_run/stages/modulate.py."""
         from vseam_run.stages import modulate as stage
@@ -455,9 +455,10 @@ class _Stages:
         sets = stage.SplitSets(self.vlm, by_split, spec.batch_size, stream=spec.stream)  # encoded when a stage needs one
         mod_fp = fingerprint(search=search_fp, modulation=spec.modulation, questions=items_part(by_split["val"]),
                              batch_size=spec.batch_size, answer_match=settings.answer_match, seed=spec.seed)
+        # The policy's intervention (vseam_run/modulation/), kept in the ledger as tensors + metadata.
         scales = self.stage("modulation", mod_fp, lambda: stage.choose(self.vlm, result, sets, settings, sink),
-                            save=lambda t: t.tolist(), load=lambda saved: torch.tensor(saved, dtype=torch.float32))
-        edits = stage.edits_for(scales)
+                            save=stage.state_to_saved, load=stage.state_from_saved)
+        edits = scales
         for split, prefix, label in stage.protocol_sets(settings.protocol):
             eval_fp = fingerprint(modulation=mod_fp, questions=items_part(by_split[split]), bootstrap=settings.bootstrap,
                                   seed=spec.seed, batch_size=spec.batch_size, controls=settings.control_draws, **self._generate_fp())

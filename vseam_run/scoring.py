@@ -4,7 +4,7 @@ selection, held-out evaluation and ablation validation."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from PIL import Image
@@ -100,10 +100,12 @@ class ScoredSet:
 
             return [row for rows in dist.map_units(chunks, one) for row in rows]
 
-    def run(self, edits: dict[int, HeadEdit] | None = None) -> list[dict]:
-        """Per-question rows (qid, split, category, gold, pred, correct, gold_prob)."""
+    def run(self, edits: dict[int, HeadEdit] | Any = None) -> list[dict]:
+        """Per-question rows (qid, split, category, gold, pred, correct, gold_prob), under head edits
+        (layer → HeadEdit) or an intervention (anything with ``installed(vlm)``, vseam_run.modulation)."""
         w = dist.current()  # how work is split now (a set may be made sharded and used by one rank alone)
-        with edit_heads(self.vlm, edits or {}):
+        hooks = edits.installed(self.vlm) if hasattr(edits, "installed") else edit_heads(self.vlm, edits or {})
+        with hooks:
             local = {i: _score(self.vlm, self.batch(i)) for i in w.mine(len(self._chunks))}
         return [row for rows in dist.gather_units(len(self._chunks), local, w) for row in rows]
 
