@@ -93,16 +93,18 @@ def generate_batch(vlm, images: Sequence[Any], questions: Sequence[str], max_new
 
 
 def generate_answers(vlm, items: Sequence[Any], *, max_new_tokens: int, batch_size: int,
-                     edits: dict[int, HeadEdit] | None = None, label: str = "generate",
+                     edits: dict[int, HeadEdit] | Any = None, label: str = "generate",
                      report: GenerationReport | None = None) -> list[Generated]:
     """Greedy answers to `items` (objects with ``.image`` and ``.question``), in order.
 
-    Under torchrun each rank generates whole batches of its own and every rank gets all answers.
+    `edits`: head edits (layer → HeadEdit) or an intervention (anything with ``installed(vlm)``,
+    vseam_run.modulation). Under torchrun each rank generates whole batches of its own and every
+    rank gets all answers.
     """
     items = list(items)
     report = report if report is not None else GenerationReport()
     chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
-    with edit_heads(vlm, edits or {}):
+    with installed(vlm, edits):
         if chunks and batch_size > 1 and len(chunks[0]) > 1:
             _check_batching(vlm, chunks[0], max_new_tokens, report)
         size = batch_size if report.batched else 1
@@ -116,6 +118,11 @@ def generate_answers(vlm, items: Sequence[Any], *, max_new_tokens: int, batch_si
                 return got
 
             return [g for got in dist.map_units(chunks, one) for g in got]
+
+
+def installed(vlm, edits: dict[int, HeadEdit] | Any = None):
+    """Context manager: head edits or an intervention on `vlm` while the block runs."""
+    return edits.installed(vlm) if hasattr(edits, "installed") else edit_heads(vlm, edits or {})
 
 
 def _check_batching(vlm, chunk: list[Any], max_new_tokens: int, report: GenerationReport) -> None:

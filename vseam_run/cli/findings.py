@@ -126,9 +126,11 @@ def export(
     format_: Annotated[str, typer.Option("--format", help="csv, parquet or jsonl.")] = "csv",
     sweep: Annotated[Optional[str], typer.Option("--sweep", help="Add the runs of this sweep.")] = None,
     tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Add the runs with this tag.")] = None,
+    modulation: Annotated[bool, typer.Option("--modulation", help="Write the run's modulation as a safetensors file "
+                                             "(-o FILE) for vseam_run.apply_modulation.")] = False,
     db: DbOption = DEFAULT_DB,
 ) -> None:
-    """Export runs as CSV, Parquet or JSON-lines tables.
+    """Export runs as CSV, Parquet or JSON-lines tables, or one run's modulation as a file.
 
     Tables: runs, metrics, heads (long form: run, layer, head, positive, negative,
     signed and their intervals), per-question results and edits, one file each.
@@ -138,7 +140,12 @@ def export(
       vseam export latest -o out/ --format parquet
 
       vseam export --sweep sweep-20261127-193117-a209 -o sweep_tables/
+
+      vseam export latest --modulation -o mod.safetensors
     """
+    if modulation:
+        _export_modulation(list(runs or []), output, db)
+        return
     from vseam_run import api
     from vseam_run.findings import load_runs_for
 
@@ -151,3 +158,18 @@ def export(
         written = api.export_tables(store, ids, output, format_)
     for name, (path, n) in written.items():
         console().print(f"{name:10s} {n:6d} rows  {path}", highlight=False, markup=False)
+
+
+def _export_modulation(runs: list[str], output: Path, db) -> None:
+    from vseam_run.modfile import describe_file, export_modulation, read_modulation
+
+    if len(runs) != 1:
+        raise VseamError("vseam export --modulation: name exactly one run", hint="vseam export RUN --modulation -o mod.safetensors")
+    if output == Path("export") or output.suffix != ".safetensors":
+        raise VseamError(f"vseam export --modulation: -o {output}: give the file to write, ending in .safetensors",
+                         hint="vseam export RUN --modulation -o mod.safetensors")
+    with open_registry(db) as store:
+        path = export_modulation(store, runs[0], output)
+    iv, info, run = read_modulation(path)
+    console().print(f"wrote {path}: {iv.kind} of run {run.get('run_id')} for model {describe_file(info)}; "
+                    f"{iv.heads_changed():g} head scale(s) changed", highlight=False, markup=False)
