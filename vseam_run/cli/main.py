@@ -60,6 +60,9 @@ def _register() -> None:
     app.command("share")(findings.share)
     app.command("report")(findings.report)
     app.command("export")(findings.export)
+    from vseam_run.cli import ask  # issue 21: one question, base vs modulated
+
+    app.command("ask")(ask.ask)
 
 
 def _classes(name: str) -> tuple[type, ...]:
