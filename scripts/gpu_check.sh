@@ -3,6 +3,7 @@
 #   bash scripts/gpu_check.sh            (from the repository root; results go to $OUT, default ./gpu_out)
 # 1. the environment: torch with CUDA, the packages vseam imports (nothing is installed from the net);
 # 2. `pytest -m gpu`: exact == reference in float32 / float16 / bfloat16 on tiny models, preset bench at full width;
+#    then generation in float16 / bfloat16 (padded batches == batch-1, with and without modulation);
 # 3. `vseam bench search --preset llava-1.5-7b --dtype bfloat16 --questions 2`: the real 7B architecture
 #    (random weights) — seconds per question, peak GPU memory and the projection for 1000 questions, per strategy.
 set -u
@@ -41,6 +42,13 @@ $PY -c "import vseam_run; print('vseam_run from', vseam_run.__file__)" 2>&1 | te
 log "pytest -m gpu"
 timeout 150 $PY -m pytest -m gpu -q -p no:cacheprovider -rA tests/test_gpu.py >"$OUT/pytest_gpu.txt" 2>&1
 log "pytest rc=$? : $(tail -1 "$OUT/pytest_gpu.txt")"
+
+# Generation (answer_match: generate, apply_modulation): float16 / bfloat16, batched vs batch-1, with and without
+# a modulation; the -s output says per dtype whether batching held or fell back to batch-1.
+log "pytest -m gpu generation (float16 / bfloat16)"
+timeout 120 $PY -m pytest -m gpu -q -s -p no:cacheprovider -rA tests/test_gpu_generate.py >"$OUT/pytest_gpu_generate.txt" 2>&1
+log "pytest generate rc=$? : $(tail -1 "$OUT/pytest_gpu_generate.txt")"
+grep -E "^torch\.(float16|bfloat16) modulated" "$OUT/pytest_gpu_generate.txt" | tee -a "$OUT/summary.txt"
 
 # The fast strategies first, the reference (1 question = 1,024 full passes) last, each with its own limit, so a slow
 # reference cannot take the other figures with it.

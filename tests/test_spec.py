@@ -244,7 +244,7 @@ def test_modulation_without_search_is_an_error():
 
 
 def test_evaluate_without_search_is_an_error():
-    assert "evaluate needs a search section" in only_error(BASE + "evaluate: {bootstrap: 200}\n")
+    assert "evaluate needs a search section" in only_error(BASE + "evaluate: {ablation: {k: 2}}\n")
 
 
 def test_modulation_none_needs_no_search():

@@ -480,8 +480,9 @@ class Spec(_Strict):
         problems = []
         if self.modulation is not None and self.modulation.policy != "none" and self.search is None:
             problems.append("modulation needs a search section (it scales the heads the search scores)")
-        if self.evaluate is not None and self.search is None:
-            problems.append("evaluate needs a search section")
+        # Without a search, evaluate may only say how the baseline is judged (answer_match: generate …).
+        if self.evaluate is not None and self.search is None and (self.evaluate.extra or self.evaluate.ablation):
+            problems.append("evaluate needs a search section (evaluate.extra / evaluate.ablation evaluate a modulation)")
         if self.trace is not None and self.edit is None:
             problems.append("trace needs an edit section (it traces clean/edited pairs)")
         if problems:

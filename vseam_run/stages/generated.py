@@ -167,6 +167,16 @@ def baseline_generated(vlm, items: Sequence[Any], rows: list[dict], gen: Generat
     record({k: v for k, v in agreement_metrics("baseline", "baseline", out).items()})
     record_batching(sink, "baseline", {"baseline": rep})
     document("baseline.generate.disagreements", disagreements(out, {it.qid: it.question for it in items}, "baseline"))
+    if gen.rule == "pope" and all(str(r["gold"]).strip().lower() in ("yes", "no") for r in out):
+        for parser in answers.POPE_PARSERS:
+            m = answers.yes_no_measures([r["gold"] for r in out], [r["extra"][f"pope_{parser}"] for r in out])
+            record({f"baseline.pope.{parser}.{k}": v for k, v in m.as_dict().items()})
+            log(f"  POPE ({parser} parser): accuracy {m.accuracy:.3f}, precision {m.precision:.3f}, recall {m.recall:.3f}, "
+                f"F1 {m.f1:.3f}, predicted yes-ratio {m.yes_ratio:.3f}, unparsed {m.unparsed}")
+    n = max(len(out), 1)
+    log(f"  baseline generated accuracy ({gen.rule} rule) {sum(r['correct'] for r in out) / n:.3f}; first-token "
+        f"{sum(r['extra']['first_token_correct'] for r in out) / n:.3f}; the two disagree on "
+        f"{sum(r['extra']['first_token_correct'] != r['correct'] for r in out)} of {len(out)}")
     return out
 
 
