@@ -48,6 +48,8 @@ PROMPTS: dict[str, str] = {
     "gemma3": "<start_of_turn>user\n<start_of_image>{question} Answer the question using a single word or phrase."
     "<end_of_turn>\n<start_of_turn>model\n",
     "instructblip": "Question: {question} Short answer:",
+    # BLIP-2's processor puts the query tokens in front itself; the prompt carries no placeholder.
+    "blip-2": "Question: {question} Answer:",
 }
 PROMPTS["qwen2_5_vl"] = PROMPTS["qwen2_vl"]
 # Families whose answers come lower-case (PaliGemma's "answer en" task, InstructBLIP's short answers).
@@ -258,11 +260,17 @@ def find_attention(layer: nn.Module, arch: Arch) -> tuple[str, str]:
     return name, f"{name}.{sub}"
 
 
-def find_mlp(layer: nn.Module, attention: str) -> str:
+def find_mlp(layer: nn.Module, attention: str, hidden: int | None = None) -> str:
     children = dict(layer.named_children())
     for want in MLP_NAMES:
         if want in children:
             return want
+    # No MLP module (OPT's fc1/fc2 sit on the layer itself): the MLP's output is the Linear
+    # child that maps back to the hidden width from a wider one.
+    outs = [n for n, c in children.items() if n != attention and isinstance(c, nn.Linear)
+            and hidden is not None and c.out_features == hidden and c.in_features > hidden]
+    if len(outs) == 1:
+        return outs[0]
     rest = [(n, sum(p.numel() for p in c.parameters())) for n, c in children.items()
             if n != attention and "norm" not in n.lower() and _linears(c)]
     if not rest:
@@ -293,7 +301,7 @@ def find_modules(model: nn.Module, arch: Arch) -> dict[str, str]:
         layers=f"{decoder}.{layers_attr}" if decoder else layers_attr,
         attention=attention,
         o_proj=o_proj,
-        mlp=find_mlp(layers[0], attention),
+        mlp=find_mlp(layers[0], attention, arch.hidden),
         final_norm=find_final_norm(model.get_submodule(decoder), decoder),
         lm_head=lm_head,
     )

@@ -26,7 +26,9 @@ from PIL import Image
 from vseam_run.zoo.build import LLAVA_MODULES, TinyVLMConfig, build_tokenizer, save, tiny_instructblip, tiny_llava
 
 #: Families saved with save_pretrained and loaded back through a registry entry.
-FAMILIES = ("llava", "instructblip", "paligemma", "llava_next", "gemma3", "idefics3")
+FAMILIES = ("llava", "instructblip", "paligemma", "llava_next", "gemma3", "idefics3", "blip2_opt")
+#: Families whose test entry is the one `vseam models new` writes (not the builder's hand-written one).
+FROM_MODELS_NEW = ("blip2_opt",)
 #: Families whose processor cannot be built here (no torchvision): used in memory, see Qwen2VLInputs.
 IN_MEMORY = ("qwen2_vl",)
 
@@ -248,8 +250,40 @@ def idefics3(words: list[str], cfg: TinyVLMConfig) -> Family:
                                       "image_token_id"))
 
 
+def blip2_opt(words: list[str], cfg: TinyVLMConfig) -> Family:
+    """BLIP-2 with OPT: a Q-Former's query tokens in front of an OPT decoder, whose layers
+    flatten hidden states to [batch × tokens, hidden] before their MLP (fc1/fc2, no `mlp`
+    module), and whose decoder takes no position ids but computes them from the mask."""
+    from transformers import (BlipImageProcessor, Blip2Config, Blip2ForConditionalGeneration, Blip2Processor,
+                              Blip2QFormerConfig, Blip2VisionConfig, OPTConfig)
+
+    torch.manual_seed(cfg.seed)
+    tok = build_tokenizer(words)
+    proc = Blip2Processor(image_processor=BlipImageProcessor(size={"height": cfg.image_size, "width": cfg.image_size}),
+                          tokenizer=tok, num_query_tokens=cfg.num_query_tokens)
+    vision = Blip2VisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_hidden * 2,
+                               num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+                               image_size=cfg.image_size, patch_size=cfg.patch_size, initializer_range=0.02)
+    qformer = Blip2QFormerConfig(vocab_size=len(tok), hidden_size=cfg.qformer_hidden, num_hidden_layers=cfg.qformer_layers,
+                                 num_attention_heads=2, intermediate_size=cfg.qformer_hidden * 2,
+                                 encoder_hidden_size=cfg.vision_hidden, max_position_embeddings=128)
+    text = OPTConfig(vocab_size=len(tok), hidden_size=cfg.text_hidden, ffn_dim=cfg.text_intermediate,
+                     num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+                     word_embed_proj_dim=cfg.text_hidden, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    config = Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
+                         num_query_tokens=cfg.num_query_tokens, image_token_index=tok.convert_tokens_to_ids("<image>"),
+                         tie_word_embeddings=False)
+    model = Blip2ForConditionalGeneration(config).eval()
+    modules = dict(decoder="language_model.model.decoder", layers="language_model.model.decoder.layers",
+                   final_norm="language_model.model.decoder.final_layer_norm", lm_head="language_model.lm_head",
+                   attention="self_attn", o_proj="self_attn.out_proj", mlp="fc2")
+    return Family(model, proc, _entry("Blip2ForConditionalGeneration", "{question} answer:", modules, "image_token_index"))
+
+
 BUILDERS: dict[str, Callable[[list[str], TinyVLMConfig], Family]] = dict(
     llava=llava, instructblip=instructblip, paligemma=paligemma, llava_next=llava_next, qwen2_vl=qwen2_vl, gemma3=gemma3, idefics3=idefics3,
+    blip2_opt=blip2_opt,
 )
 
 
@@ -281,8 +315,14 @@ def write_family(name: str, folder: Path, words: list[str], cfg: TinyVLMConfig |
     if scale:
         scale_weights(fam.model, fam.entry["modules"])
     save(fam.model, fam.processor, Path(folder) / "ckpt")
-    entry = dict(name=f"tiny-{name.replace('_', '-')}", path="ckpt", **fam.entry)
     path = Path(folder) / f"tiny-{name}.yaml"
+    if name in FROM_MODELS_NEW:
+        # The entry a user gets from `vseam models new ckpt` (its config, meta tree and processor).
+        from vseam_run.inspect_model import entry_yaml, inspect
+
+        path.write_text(entry_yaml(inspect(str(Path(folder) / "ckpt")), f"tiny-{name.replace('_', '-')}", path))
+        return path, fam
+    entry = dict(name=f"tiny-{name.replace('_', '-')}", path="ckpt", **fam.entry)
     path.write_text(yaml.safe_dump(entry, sort_keys=False))
     return path, fam
 
