@@ -348,6 +348,7 @@ class VLM:
         )
         try:
             processor = proc_cls.from_pretrained(source, **kwargs)
+            _check_prompt(entry, processor)  # before the weights are read
             model = model_cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **kwargs)
         except (OSError, ValueError) as e:
             raise VseamError(
@@ -844,6 +845,15 @@ def first_answer_token(tokenizer, tail: str, answer: str) -> int | None:
     if k < len(base) or k >= len(ids) or ids[k] == tokenizer.unk_token_id:
         return None
     return ids[k]
+
+
+def _check_prompt(entry: ModelEntry, processor) -> None:
+    from vseam_run.errors import SpecError
+    from vseam_run.prompt_check import prompt_problems
+
+    problems = prompt_problems(entry, processor)
+    if problems:
+        raise SpecError(str(entry._source or f"registry entry {entry.name}"), problems)
 
 
 def weights_source(entry: ModelEntry) -> str:
