@@ -30,7 +30,7 @@ FAMILIES = ("llava", "instructblip", "paligemma", "llava_next", "gemma3", "idefi
 #: Families whose test entry is the one `vseam models new` writes (not the builder's hand-written one).
 FROM_MODELS_NEW = ("blip2_opt",)
 #: Families whose processor cannot be built here (no torchvision): used in memory, see Qwen2VLInputs.
-IN_MEMORY = ("qwen2_vl",)
+IN_MEMORY = ("qwen2_vl", "qwen2_5_vl")
 
 
 @dataclass
@@ -173,6 +173,38 @@ def qwen2_vl(words: list[str], cfg: TinyVLMConfig) -> Family:
         "image_token_id", processor_class="Qwen2VLProcessor"), image_sizes=[(32, 32), (48, 32), (32, 48)])
 
 
+def qwen2_5_vl(words: list[str], cfg: TinyVLMConfig) -> Family:
+    """Qwen2.5-VL: Qwen2-VL's 3-D multimodal RoPE, and a vision tower with windowed attention."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
+
+    torch.manual_seed(cfg.seed)
+    tok = _tokenizer(words, ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"])
+    head_dim = cfg.text_hidden // cfg.text_heads
+    third = head_dim // 2 // 3
+    section = [head_dim // 2 - 2 * third, third, third]
+    patch, merge = 4, 2
+    text = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, rope_scaling={"type": "mrope", "mrope_section": section},
+                **_text_sizes(cfg))
+    vision = dict(depth=cfg.vision_layers, hidden_size=cfg.vision_hidden, out_hidden_size=cfg.text_hidden,
+                  intermediate_size=cfg.vision_hidden * 2, num_heads=cfg.vision_heads, patch_size=patch,
+                  spatial_merge_size=merge, temporal_patch_size=2, in_channels=3, window_size=16,
+                  fullatt_block_indexes=[cfg.vision_layers - 1])
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision,
+                              image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+                              video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+                              vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+                              vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"), tie_word_embeddings=False)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    px = cfg.image_size * cfg.image_size
+    image_processor = Qwen2VLImageProcessor(min_pixels=px, max_pixels=px, patch_size=patch, merge_size=merge,
+                                            temporal_patch_size=2)
+    modules = dict(decoder="model.language_model", layers="model.language_model.layers",
+                   final_norm="model.language_model.norm", lm_head="lm_head")
+    return Family(model, Qwen2VLInputs(image_processor, tok), _entry(
+        "Qwen2_5_VLForConditionalGeneration", "<|vision_start|><|image_pad|><|vision_end|>{question} answer:", modules,
+        "image_token_id", processor_class="Qwen2_5_VLProcessor"), image_sizes=[(32, 32), (48, 32), (32, 48)])
+
+
 class Qwen2VLInputs:
     """What Qwen2VLProcessor does for images and text, without its video processor.
 
@@ -283,7 +315,7 @@ def blip2_opt(words: list[str], cfg: TinyVLMConfig) -> Family:
 
 BUILDERS: dict[str, Callable[[list[str], TinyVLMConfig], Family]] = dict(
     llava=llava, instructblip=instructblip, paligemma=paligemma, llava_next=llava_next, qwen2_vl=qwen2_vl, gemma3=gemma3, idefics3=idefics3,
-    blip2_opt=blip2_opt,
+    blip2_opt=blip2_opt, qwen2_5_vl=qwen2_5_vl,
 )
 
 
