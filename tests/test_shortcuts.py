@@ -137,3 +137,28 @@ def test_run_records_the_shortcuts(capsys, tmp_path, blip2):
         assert run.metric("check.shortcut.last_mlp_tail") == 0.0
     assert doc["last_mlp_tail"]["state"] == "off" and doc["replay"]["state"] == "on"
     json.dumps(doc)
+
+
+def test_qwen3_vl_is_refused_at_load_with_the_reason():
+    """Qwen3-VL adds visual features inside its first decoder layers (DeepStack): refused when
+    the VLM is built, naming why, before any number."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    from vseam_run.registry import ModelEntry
+    from vseam_run.vlm import VLM
+    from vseam_run.zoo.build import build_tokenizer
+
+    tok = build_tokenizer(WORDS)
+    text = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, rope_scaling={"rope_type": "default", "mrope_section": [4, 2, 2]})
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=4,
+                  deepstack_visual_indexes=[0])
+    model = Qwen3VLForConditionalGeneration(Qwen3VLConfig(text_config=text, vision_config=vision)).eval()
+    entry = ModelEntry.model_validate(dict(
+        name="tiny-qwen3-vl", path="unused", model_class="Qwen3VLForConditionalGeneration", prompt="<|image_pad|>{question}",
+        image_token_attr="image_token_id",
+        modules=dict(decoder="model.language_model", layers="model.language_model.layers",
+                     final_norm="model.language_model.norm", lm_head="lm_head")))
+    proc = type("P", (), {"tokenizer": tok})()
+    with pytest.raises(VseamError, match=r"not supported by vseam's fast paths: .*DeepStack"):
+        VLM(entry, model, proc, torch.device("cpu"), torch.float32)

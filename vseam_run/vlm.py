@@ -367,6 +367,13 @@ class VLM:
                 "its language model is an encoder-decoder (T5-style); the answer is read by a decoder that "
                 "cross-attends to an encoder, and only decoder-only language models can be replayed layer by layer"
             )
+        vision = getattr(self.model.config, "vision_config", None)
+        if getattr(vision, "deepstack_visual_indexes", None):
+            raise self._refusal(
+                "its decoder adds visual features to the hidden states inside its first layers (DeepStack, "
+                f"vision_config.deepstack_visual_indexes = {list(vision.deepstack_visual_indexes)}); a replay from a "
+                "cached layer input cannot add them as the model does"
+            )
         if any(getattr(c, "cross_attention_layers", None) for c in cfgs):
             raise self._refusal(
                 "its language model has cross-attention layers that read the image (Mllama-style); they have no "
@@ -566,6 +573,8 @@ class VLM:
         """Final norm and LM head at the last position (both act per position), then the
         output transforms some language models apply to their logits."""
         logits = self.lm_head(self.final_norm(x[:, -1:]))[:, -1]
+        if not getattr(self, "logit_transforms", True):  # the wrapper does not apply them (self-check)
+            return logits.float()
         cfg = self.text_config
         cap = getattr(cfg, "final_logit_softcapping", None)
         if cap:
@@ -686,6 +695,24 @@ class VLM:
             for k, sc in self.shortcuts.items():
                 sc.state = saved[k]
 
+    def _has_logit_transforms(self) -> bool:
+        cfg = self.text_config
+        return bool(getattr(cfg, "final_logit_softcapping", None)) or any(
+            getattr(cfg, k, None) not in (None, 1, 1.0) for k in ("logit_scale", "logits_scaling"))
+
+    def _choose_logit_transforms(self, prep: Prepared, own: torch.Tensor) -> None:
+        """Whether the model's own forward applies its text config's logit transforms (softcap,
+        Cohere's logit_scale, Granite's logits_scaling): some wrappers (Aya Vision over Cohere2)
+        call their own LM head and skip them. Decided by comparing both with `own`, the model's
+        batched probabilities; recorded as `check.logit_transforms`."""
+        self.logit_transforms = True
+        if not self._has_logit_transforms():
+            return
+        with_t = (self.last_logits(prep).softmax(-1) - own).abs().max().item()
+        self.logit_transforms = False
+        without = (self.last_logits(prep).softmax(-1) - own).abs().max().item()
+        self.logit_transforms = without >= with_t
+
     def _replay_diffs(self, prep: Prepared, want: torch.Tensor, hidden: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Last-position probabilities of the replay, minus `want` (one row per question of
         `prep`): the whole batch, from a middle layer on rows out of order and repeated, and
@@ -756,6 +783,7 @@ class VLM:
         try:
             with self.plain():
                 prep = self.prepare(inputs)
+                self._choose_logit_transforms(prep, batched)
                 hidden, _ = self.layer_inputs(prep)
                 diffs = self._replay_diffs(prep, single, hidden)
                 plain_probs = self.last_logits(prep).softmax(-1)
@@ -765,6 +793,8 @@ class VLM:
         except Exception as e:  # noqa: BLE001 - the replay failing on this model is a finding, not a crash
             worst_name, worst, failure = f"the replay raised {_why(e)}", float("inf"), e
         metrics = {"check.max_prob_diff": worst, "check.model_batch_diff": (batched - single).abs().max().item()}
+        if self._has_logit_transforms():
+            metrics["check.logit_transforms"] = 1.0 if getattr(self, "logit_transforms", True) else 0.0
         if not worst <= tol:
             for sc in self.shortcuts.values():
                 sc.state, sc.reason = "off", "the plain replay failed the self-check"

@@ -26,9 +26,9 @@ from PIL import Image
 from vseam_run.zoo.build import LLAVA_MODULES, TinyVLMConfig, build_tokenizer, save, tiny_instructblip, tiny_llava
 
 #: Families saved with save_pretrained and loaded back through a registry entry.
-FAMILIES = ("llava", "instructblip", "paligemma", "llava_next", "gemma3", "idefics3", "blip2_opt")
+FAMILIES = ("llava", "instructblip", "paligemma", "llava_next", "gemma3", "idefics3", "blip2_opt", "aya_vision")
 #: Families whose test entry is the one `vseam models new` writes (not the builder's hand-written one).
-FROM_MODELS_NEW = ("blip2_opt",)
+FROM_MODELS_NEW = ("blip2_opt", "aya_vision")
 #: Families whose processor cannot be built here (no torchvision): used in memory, see Qwen2VLInputs.
 IN_MEMORY = ("qwen2_vl", "qwen2_5_vl")
 
@@ -313,9 +313,39 @@ def blip2_opt(words: list[str], cfg: TinyVLMConfig) -> Family:
     return Family(model, proc, _entry("Blip2ForConditionalGeneration", "{question} answer:", modules, "image_token_index"))
 
 
+def aya_vision(words: list[str], cfg: TinyVLMConfig) -> Family:
+    """Aya Vision: SigLIP features pixel-shuffled into a Cohere2 decoder (sliding-window and full
+    layers, parallel attention and MLP, logits scaled by `logit_scale`); `<image>` in the prompt
+    is expanded by the processor into START/patch/line-break tokens."""
+    from transformers import (AyaVisionConfig, AyaVisionForConditionalGeneration, AyaVisionProcessor, Cohere2Config,
+                              GotOcr2ImageProcessorPil, SiglipVisionConfig)
+
+    torch.manual_seed(cfg.seed)
+    specials = ["<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>", "TILE", "TILE_GLOBAL"]
+    tok = _tokenizer(words, specials)
+    down = 2
+    image_processor = GotOcr2ImageProcessorPil(size={"height": cfg.image_size, "width": cfg.image_size},
+                                               crop_to_patches=False)
+    proc = AyaVisionProcessor(image_processor=image_processor, tokenizer=tok, patch_size=cfg.patch_size,
+                              img_size=cfg.image_size, downsample_factor=down)
+    text = Cohere2Config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, tie_word_embeddings=False, logit_scale=0.5,
+                         sliding_window=4, layer_types=["sliding_attention", "full_attention"] * (cfg.text_layers // 2)
+                         + ["sliding_attention"] * (cfg.text_layers % 2), **_text_sizes(cfg))
+    vision = SiglipVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_hidden * 2,
+                                num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+                                image_size=cfg.image_size, patch_size=cfg.patch_size)
+    config = AyaVisionConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), downsample_factor=down,
+                             image_token_index=tok.convert_tokens_to_ids("<|IMG_PATCH|>"), tie_word_embeddings=False)
+    model = AyaVisionForConditionalGeneration(config).eval()
+    modules = dict(decoder="model.language_model", layers="model.language_model.layers",
+                   final_norm="model.language_model.norm", lm_head="lm_head")
+    return Family(model, proc, _entry("AyaVisionForConditionalGeneration", "<image>{question} answer:", modules,
+                                      "image_token_index"))
+
+
 BUILDERS: dict[str, Callable[[list[str], TinyVLMConfig], Family]] = dict(
     llava=llava, instructblip=instructblip, paligemma=paligemma, llava_next=llava_next, qwen2_vl=qwen2_vl, gemma3=gemma3, idefics3=idefics3,
-    blip2_opt=blip2_opt, qwen2_5_vl=qwen2_5_vl,
+    blip2_opt=blip2_opt, qwen2_5_vl=qwen2_5_vl, aya_vision=aya_vision,
 )
 
 
