@@ -140,3 +140,16 @@ def test_broken_replay_is_caught_by_the_self_check(tmp_path, monkeypatch):
     np.testing.assert_allclose([r["gold_prob"] for r in rows], want, atol=1e-5)
     with pytest.raises(VseamError, match="search.strategy: reference"):
         search_heads(vlm, [SearchItem(it.qid, it.image, it.question, 0) for it in items], strategy="exact")
+
+
+def test_vseam_models_shows_every_tested_family(capsys):
+    """`vseam models` lists, per family, what was tested and how; every family this file tests has a row."""
+    from tests.test_cli import call
+    from vseam_run.zoo.tested import TESTED
+
+    rows = {t.family for t in TESTED.values()}
+    assert set(FAMILIES + IN_MEMORY) <= rows
+    rc, out, _ = call(capsys, "models", "--json")
+    assert rc == 0 and all("tested" in e for e in __import__("json").loads(out))
+    rc, out, _ = call(capsys, "models")
+    assert rc == 0 and "families tested" in out and "refused at load" in out

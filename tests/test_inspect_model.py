@@ -98,9 +98,10 @@ FAMILIES = {
     "Qwen2_5_VLConfig": ("model.language_model", "self_attn.o_proj", "model.language_model.norm", "mlp"),
     "SmolVLMConfig": ("model.text_model", "self_attn.o_proj", "model.text_model.norm", "mlp"),
     "Gemma3Config": ("model.language_model", "self_attn.o_proj", "model.language_model.norm", "mlp"),
-    # InstructBLIP / BLIP-2 with their default OPT language model: other names for everything.
-    "InstructBlipConfig": ("language_model.model.decoder", "self_attn.out_proj", "language_model.model.decoder.final_layer_norm", "fc1"),
-    "Blip2Config": ("language_model.model.decoder", "self_attn.out_proj", "language_model.model.decoder.final_layer_norm", "fc1"),
+    # InstructBLIP / BLIP-2 with their default OPT language model: other names for everything. OPT has
+    # no MLP module; fc2 (wider → hidden) is its MLP's output, what tracing patches as "the MLP".
+    "InstructBlipConfig": ("language_model.model.decoder", "self_attn.out_proj", "language_model.model.decoder.final_layer_norm", "fc2"),
+    "Blip2Config": ("language_model.model.decoder", "self_attn.out_proj", "language_model.model.decoder.final_layer_norm", "fc2"),
 }
 
 
@@ -114,8 +115,8 @@ def test_inspector_finds_other_layouts(config_class):
     assert m["layers"].startswith(decoder + ".")
     model = im.meta_model(getattr(transformers, ins.model_class), config)
     assert im.check_modules(model, ins.arch, m) == []
-    if mlp == "fc1":  # not an MLP module: the user is told to check it
-        assert any("modules.mlp 'fc1' is a guess" in n for n in ins.notes)
+    if mlp == "fc2":  # not an MLP module: the user is told to check it
+        assert any("modules.mlp 'fc2' is a guess" in n for n in ins.notes)
 
 
 def test_output_projection_chosen_over_same_shaped_q_proj():

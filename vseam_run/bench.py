@@ -107,6 +107,7 @@ def run_bench(cfg: BenchModel, strategies=STRATEGIES, top_k: int = 10, batch_row
     with tempfile.TemporaryDirectory() as tmp:
         vlm = build_bench_vlm(cfg, Path(tmp))
         items = bench_items(vlm, cfg)
+        vlm.self_check(items)  # as in a run: shortcuts are used only once compared with the plain replay
         results = {}
         for s in strategies:
             t0 = time.perf_counter()
@@ -174,6 +175,8 @@ def run_trace_bench(cfg: BenchModel, pairs: int = 8, reference_pairs: int = 2, b
             vlm.model.model.multi_modal_projector.linear_2.weight.mul_(20)
             vlm.lm_head.weight.mul_(30)
         items = bench_pairs(vlm, cfg, pairs)
+        # As in a run: shortcuts are used only once compared with the plain replay.
+        vlm.self_check([SearchItem(p.qid, p.clean_image, p.question, p.clean_id) for p in items[:3]])
         timed = {}
 
         def clock(name, fn):

@@ -53,9 +53,18 @@ def machine_problems(spec: Spec, entry: ModelEntry) -> list[str]:
             problems += head_problems(spec, model_heads(entry, source), entry.name)
         except VseamError as e:
             problems.append(f"model: {e}")
+        problems += prompt_problems_here(entry)
     problems += workdir_problems(Path(spec.workdir))
     problems += dataset_problems(spec)
     return problems
+
+
+def prompt_problems_here(entry: ModelEntry) -> list[str]:
+    """The entry's prompt against its processor (local files only; none when it cannot be built)."""
+    from vseam_run.prompt_check import load_processor, prompt_problems
+
+    processor = load_processor(entry)
+    return [f"model: {p}" for p in prompt_problems(entry, processor)] if processor is not None else []
 
 
 def model_heads(entry: ModelEntry, source: str) -> HeadCount:

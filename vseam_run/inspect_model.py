@@ -48,6 +48,8 @@ PROMPTS: dict[str, str] = {
     "gemma3": "<start_of_turn>user\n<start_of_image>{question} Answer the question using a single word or phrase."
     "<end_of_turn>\n<start_of_turn>model\n",
     "instructblip": "Question: {question} Short answer:",
+    # BLIP-2's processor puts the query tokens in front itself; the prompt carries no placeholder.
+    "blip-2": "Question: {question} Answer:",
 }
 PROMPTS["qwen2_5_vl"] = PROMPTS["qwen2_vl"]
 # Families whose answers come lower-case (PaliGemma's "answer en" task, InstructBLIP's short answers).
@@ -89,6 +91,7 @@ class Inspection:
     prompt_origin: str
     answer_case: str
     dtype: str
+    answer_case_origin: str = "vseam's default"
     notes: list[str] = field(default_factory=list)
 
 
@@ -258,11 +261,17 @@ def find_attention(layer: nn.Module, arch: Arch) -> tuple[str, str]:
     return name, f"{name}.{sub}"
 
 
-def find_mlp(layer: nn.Module, attention: str) -> str:
+def find_mlp(layer: nn.Module, attention: str, hidden: int | None = None) -> str:
     children = dict(layer.named_children())
     for want in MLP_NAMES:
         if want in children:
             return want
+    # No MLP module (OPT's fc1/fc2 sit on the layer itself): the MLP's output is the Linear
+    # child that maps back to the hidden width from a wider one.
+    outs = [n for n, c in children.items() if n != attention and isinstance(c, nn.Linear)
+            and hidden is not None and c.out_features == hidden and c.in_features > hidden]
+    if len(outs) == 1:
+        return outs[0]
     rest = [(n, sum(p.numel() for p in c.parameters())) for n, c in children.items()
             if n != attention and "norm" not in n.lower() and _linears(c)]
     if not rest:
@@ -293,7 +302,7 @@ def find_modules(model: nn.Module, arch: Arch) -> dict[str, str]:
         layers=f"{decoder}.{layers_attr}" if decoder else layers_attr,
         attention=attention,
         o_proj=o_proj,
-        mlp=find_mlp(layers[0], attention),
+        mlp=find_mlp(layers[0], attention, arch.hidden),
         final_norm=find_final_norm(model.get_submodule(decoder), decoder),
         lm_head=lm_head,
     )
@@ -391,8 +400,44 @@ def choose_prompt(model_type: str, processor) -> tuple[str, str]:
             return templ, "the checkpoint's chat template"
     if model_type in PROMPTS:
         return PROMPTS[model_type], f"vseam's table for model_type '{model_type}', as the checkpoint has no chat template"
-    image = getattr(processor, "image_token", None) or "<image>"
-    return f"{image}\n{{question}}\nAnswer:", "a generic guess, as there is no chat template and the model_type is not in vseam's table"
+    from vseam_run.prompt_check import placeholder_of
+
+    image = placeholder_of(processor) if processor is not None else None
+    if image:
+        return (f"{image}\n{{question}}\nAnswer:", f"a generic prompt with the processor's image placeholder '{image}', "
+                "as there is no chat template and the model_type is not in vseam's table")
+    return "<image>\n{question}\nAnswer:", "a generic guess, as there is no chat template, no named image token and the model_type is not in vseam's table"
+
+
+def local_tokenizer(source: str):
+    """The checkpoint's tokenizer alone (when the whole processor cannot be built here, e.g. it
+    insists on a video processor), or None. It carries the chat template and named tokens."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=not _allow_download(), trust_remote_code=False)
+    except Exception:  # noqa: BLE001 - only refines the prompt
+        return None
+
+
+def answer_case_of(tokenizer, model_type: str) -> tuple[str, str]:
+    """(answer_case, why): from the vocabulary when it holds only one of `Yes` / `yes` (in any
+    of the word-start forms of SentencePiece and byte-level BPE), else vseam's family default."""
+    default = "lower" if model_type in LOWER_CASE_ANSWERS else "capitalize"
+    try:
+        vocab = tokenizer.get_vocab()
+    except Exception:  # noqa: BLE001 - no vocabulary to read
+        return default, f"vseam's default for model_type '{model_type}' (no tokenizer found)"
+
+    def has(word: str) -> bool:
+        return any(p + word in vocab for p in ("", "\u2581", "\u0120"))
+
+    up, low = has("Yes"), has("yes")
+    if up != low:
+        case = "capitalize" if up else "lower"
+        return case, f"the vocabulary holds {'Yes' if up else 'yes'} but not {'yes' if up else 'Yes'}"
+    both = "both" if up else "neither of"
+    return default, f"the vocabulary holds {both} Yes / yes; vseam's default for model_type '{model_type}'"
 
 
 # ---- inspection and the entry file -----------------------------------------------------------
@@ -423,7 +468,9 @@ def inspect(source: str, model_class: str | None = None, config=None) -> Inspect
     model = meta_model(cls, config)
     modules = find_modules(model, arch)
     processor = local_processor(source) if source else None
-    prompt, prompt_origin = choose_prompt(config.model_type, processor)
+    text_side = processor if processor is not None else (local_tokenizer(source) if source else None)
+    prompt, prompt_origin = choose_prompt(config.model_type, text_side)
+    answer_case, case_origin = answer_case_of(getattr(text_side, "tokenizer", text_side), config.model_type)
     tok_attr, tok_id = image_token(config)
     notes = []
     layer0 = model.get_submodule(modules["layers"])[0]
@@ -437,12 +484,17 @@ def inspect(source: str, model_class: str | None = None, config=None) -> Inspect
         notes.append(f"grouped-query attention: {arch.kv_heads} KV heads shared by {arch.heads} query heads; "
                      "vseam ablates query heads (slices of the o_proj input)")
     if processor is None and source:
-        notes.append("no processor files found locally: the prompt could not be checked against the processor")
+        notes.append("the processor could not be built from local files here: the prompt could not be checked against it")
+    elif processor is not None:
+        from vseam_run.prompt_check import prompt_problems
+
+        probe = ModelEntry.model_validate(dict(name="probe", path=".", model_class=cls.__name__, prompt=prompt, modules=modules))
+        notes += [f"CHECK {p}" for p in prompt_problems(probe, processor)]
     return Inspection(
         source=source, local_path=local, model_type=config.model_type, model_class=cls.__name__,
         model_class_origin=origin, processor_class=processor_class_name(config.model_type), text_config_attr=attr,
         image_token_attr=tok_attr, image_token_id=tok_id, arch=arch, modules=modules, prompt=prompt,
-        prompt_origin=prompt_origin, answer_case="lower" if config.model_type in LOWER_CASE_ANSWERS else "capitalize",
+        prompt_origin=prompt_origin, answer_case=answer_case, answer_case_origin=case_origin,
         dtype=_dtype_name(config), notes=notes,
     )
 
@@ -481,7 +533,7 @@ def entry_yaml(ins: Inspection, name: str, out_file: Path) -> str:
         f"model_class: {ins.model_class}  # from {ins.model_class_origin}",
         f"processor_class: AutoProcessor  # resolves to {ins.processor_class} for model_type '{ins.model_type}'",
         f"dtype: {ins.dtype}  # used on CUDA when a spec says dtype: auto",
-        f"answer_case: {ins.answer_case}",
+        f"answer_case: {ins.answer_case}  # {ins.answer_case_origin}",
         f"# CHECK: prompt from {ins.prompt_origin}.",
         f"prompt: {_q(ins.prompt)}",
         f"text_config: {ins.text_config_attr}  # {ins.arch.describe()}",

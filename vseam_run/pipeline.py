@@ -269,8 +269,12 @@ class _Stages:
         # and whether they are used at all is decided here.
         with self.timed("check"):
             self.record(self.vlm.self_check(items, fallback=spec.search is not None and spec.search.strategy == "reference"))
+            self.store.put_document(self.run_id, "check.shortcuts", self.vlm.shortcut_report())
+        for name, sc in self.vlm.shortcut_report().items():
+            if sc["state"] == "off":
+                self.log(f"  fast path '{name}' off for this model: {sc['reason']}")
         if not self.vlm.replay:
-            self.log(f"  fast path off (self-check diff {self.metrics['check.max_prob_diff']:.3g}): every number from model(**inputs)")
+            self.log("  every number from model(**inputs)")
         baseline_fp = fingerprint(model=self.model, questions=items_part(items), untokenizable=untokenizable,
                                   batch_size=spec.batch_size, answer_match=self._answer_match(), **self._generate_fp())
         # The rows are in the registry already; the ledger entry need not hold them twice.

@@ -276,6 +276,33 @@ def _positions_from_mask(_m, args, kwargs):
     return args, {**kwargs, "position_ids": (mask.long().cumsum(-1) - 1).clamp(min=0)}
 
 
+#: The fast paths layered on the replay, by name: what each one skips. Every one is off until
+#: the self-check has run it and compared it with the plain replay on the user's model.
+SHORTCUTS: dict[str, str] = {
+    "last_mlp_tail": "the last layer's MLP runs on the last position only",
+}
+
+
+@dataclass
+class Shortcut:
+    """One fast path's standing for this model: `on` once it matched the plain path, `off` with
+    the reason when it raised or disagreed, `unchecked` (unused) until the self-check ran."""
+
+    name: str
+    what: str
+    state: str = "unchecked"
+    diff: float | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(state=self.state, what=self.what, diff=self.diff, reason=self.reason)
+
+
+def _why(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"{type(e).__name__}: {first[:300]}"
+
+
 class VLM:
     """A VLM loaded from a registry entry."""
 
@@ -296,7 +323,10 @@ class VLM:
         # False after a failed self-check in a run that asked for the reference strategy:
         # then every number comes from model(**inputs) and the fast paths refuse to run.
         self.replay = True
-        self.tail_only_ok = True
+        # Shortcuts on top of the replay are used only once the self-check has compared them
+        # with the plain replay on this model (see `check_shortcuts`).
+        self.shortcuts: dict[str, Shortcut] = {k: Shortcut(k, what) for k, what in SHORTCUTS.items()}
+        self._plain = False  # True while the plain path is measured: no shortcut at all
         self._check_supported()
         self._check_paths()
         self.image_token_id: int | None = self._image_token_id()
@@ -318,6 +348,7 @@ class VLM:
         )
         try:
             processor = proc_cls.from_pretrained(source, **kwargs)
+            _check_prompt(entry, processor)  # before the weights are read
             model = model_cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **kwargs)
         except (OSError, ValueError) as e:
             raise VseamError(
@@ -335,6 +366,13 @@ class VLM:
             raise self._refusal(
                 "its language model is an encoder-decoder (T5-style); the answer is read by a decoder that "
                 "cross-attends to an encoder, and only decoder-only language models can be replayed layer by layer"
+            )
+        vision = getattr(self.model.config, "vision_config", None)
+        if getattr(vision, "deepstack_visual_indexes", None):
+            raise self._refusal(
+                "its decoder adds visual features to the hidden states inside its first layers (DeepStack, "
+                f"vision_config.deepstack_visual_indexes = {list(vision.deepstack_visual_indexes)}); a replay from a "
+                "cached layer input cannot add them as the model does"
             )
         if any(getattr(c, "cross_attention_layers", None) for c in cfgs):
             raise self._refusal(
@@ -535,6 +573,8 @@ class VLM:
         """Final norm and LM head at the last position (both act per position), then the
         output transforms some language models apply to their logits."""
         logits = self.lm_head(self.final_norm(x[:, -1:]))[:, -1]
+        if not getattr(self, "logit_transforms", True):  # the wrapper does not apply them (self-check)
+            return logits.float()
         cfg = self.text_config
         cap = getattr(cfg, "final_logit_softcapping", None)
         if cap:
@@ -566,7 +606,7 @@ class VLM:
                 self.require_replay("running from a middle layer")
             return self.model(**prep.inputs, use_cache=False).logits[:, -1].float()
         x = prep.embeds if hidden is None else hidden
-        tail = self._last_mlp_tail_only() if (tail_only and self.tail_only_ok) else contextlib.nullcontext()
+        tail = self._last_mlp_tail_only() if (tail_only and self.uses("last_mlp_tail")) else contextlib.nullcontext()
         with tail:
             x = self._run_layers(prep, start_layer, self.num_layers, x)
         return self._logits_at_last(x)
@@ -631,49 +671,155 @@ class VLM:
         half precision keeps ~3 significant digits."""
         return 1e-4 if self.dtype == torch.float32 else 2e-2
 
+    def uses(self, name: str) -> bool:
+        """Whether shortcut `name` may be used now: it passed the self-check on this model."""
+        return not self._plain and self.shortcuts[name].state == "on"
+
+    @contextlib.contextmanager
+    def plain(self) -> Iterator[None]:
+        """No shortcut inside the block: the replay exactly as the decoder calls its layers."""
+        was, self._plain = self._plain, True
+        try:
+            yield
+        finally:
+            self._plain = was
+
+    @contextlib.contextmanager
+    def _only(self, name: str) -> Iterator[None]:
+        saved = {k: sc.state for k, sc in self.shortcuts.items()}
+        for k, sc in self.shortcuts.items():
+            sc.state = "on" if k == name else "off"
+        try:
+            yield
+        finally:
+            for k, sc in self.shortcuts.items():
+                sc.state = saved[k]
+
+    def _has_logit_transforms(self) -> bool:
+        cfg = self.text_config
+        return bool(getattr(cfg, "final_logit_softcapping", None)) or any(
+            getattr(cfg, k, None) not in (None, 1, 1.0) for k in ("logit_scale", "logits_scaling"))
+
+    def _choose_logit_transforms(self, prep: Prepared, own: torch.Tensor) -> None:
+        """Whether the model's own forward applies its text config's logit transforms (softcap,
+        Cohere's logit_scale, Granite's logits_scaling): some wrappers (Aya Vision over Cohere2)
+        call their own LM head and skip them. Decided by comparing both with `own`, the model's
+        batched probabilities; recorded as `check.logit_transforms`."""
+        self.logit_transforms = True
+        if not self._has_logit_transforms():
+            return
+        with_t = (self.last_logits(prep).softmax(-1) - own).abs().max().item()
+        self.logit_transforms = False
+        without = (self.last_logits(prep).softmax(-1) - own).abs().max().item()
+        self.logit_transforms = without >= with_t
+
+    def _replay_diffs(self, prep: Prepared, want: torch.Tensor, hidden: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Last-position probabilities of the replay, minus `want` (one row per question of
+        `prep`): the whole batch, from a middle layer on rows out of order and repeated, and
+        on repeated rows; with whatever shortcuts are on."""
+        n, mid = len(prep), self.num_layers // 2
+        idx = torch.tensor([n - 1, 0, n - 1, 1], device=self.device)
+        return {
+            "batch": self.last_logits(prep).softmax(-1) - want,
+            f"from layer {mid}, rows reordered": self.run_from_layer(prep.rows(idx), mid, hidden[mid][idx]).softmax(-1) - want[idx],
+            "repeated rows": self.last_logits(prep.repeat_rows(2)).softmax(-1) - want.repeat_interleave(2, 0),
+        }
+
+    @torch.no_grad()
+    def check_shortcuts(self, prep: Prepared, plain: torch.Tensor, hidden: list[torch.Tensor]) -> dict[str, float]:
+        """Try every shortcut alone on `prep` and compare it with the plain replay's
+        probabilities `plain`; one that raises or differs by more than the tolerance is
+        switched off for this model, with the reason (never an exception). Returns metrics
+        `check.shortcut.<name>` (1 on, 0 off) and `check.shortcut.<name>.diff`."""
+        tol, metrics = self.check_tolerance(), {}
+        for name, sc in self.shortcuts.items():
+            try:
+                with self._only(name):
+                    diff = max(d.abs().max().item() for d in self._replay_diffs(prep, plain, hidden).values())
+            except Exception as e:  # noqa: BLE001 - a shortcut that raises is switched off, not fatal
+                sc.state, sc.diff, sc.reason = "off", None, f"raised {_why(e)}"
+            else:
+                sc.diff = diff
+                ok = diff <= tol  # NaN fails too
+                sc.state = "on" if ok else "off"
+                sc.reason = None if ok else f"differs from the plain replay by {diff:.3g} (tolerance {tol:g})"
+            metrics[f"check.shortcut.{name}"] = 1.0 if sc.state == "on" else 0.0
+            if sc.diff is not None:
+                metrics[f"check.shortcut.{name}.diff"] = sc.diff
+        return metrics
+
+    def shortcut_report(self) -> dict[str, dict[str, Any]]:
+        """The replay's and every shortcut's standing, for the run record (`check.shortcuts`)."""
+        problem = getattr(self, "replay_problem", None)
+        replay = dict(state="on" if self.replay else "off", what="layers replayed with the decoder's own arguments",
+                      reason=problem)
+        return {"replay": replay, **{k: sc.to_json() for k, sc in self.shortcuts.items()}}
+
     @torch.no_grad()
     def self_check(self, items: Sequence[Any], *, fallback: bool = False) -> dict[str, float]:
         """Before any number is computed: the fast paths must give the model's own numbers.
 
         On a padded batch of questions of unequal length (from `items`, objects with `.image`
         and `.question`), compares last-position probabilities of `model(**inputs)` on each
-        question alone with: the replayed batch, the replay from a middle layer on rows taken
-        out of order and repeated, and repeated rows. On a mismatch the run stops with the
-        largest difference — unless `fallback` (the run asked for the reference strategy):
-        then the fast paths are switched off and every score comes from model(**inputs).
-        Returns metrics for the run (`check.max_prob_diff`, and how far the model's own
-        batched forward is from its one-question forward, `check.model_batch_diff`).
+        question alone with the plain replay (no shortcut): the replayed batch, the replay from
+        a middle layer on rows taken out of order and repeated, and repeated rows. Then every
+        shortcut is tried alone on the same rows and compared with the plain replay
+        (`check_shortcuts`); one that raises or disagrees is switched off, the rest stay on.
+
+        When the plain replay itself raises or differs, no exact fast path is left: the run
+        stops with the largest difference (or the error) — unless `fallback` (the run asked for
+        the reference strategy): then the fast paths are switched off and every score comes
+        from model(**inputs). Returns metrics for the run (`check.max_prob_diff`, how far the
+        model's own batched forward is from its one-question forward, `check.model_batch_diff`,
+        and `check.shortcut.*`); `shortcut_report()` says why a shortcut is off.
         """
         images, questions = self._check_batch(items)
         inputs = self.encode(images, questions)
         single = torch.cat([self.model(**self.encode([im], [q]), use_cache=False).logits[:, -1].float().softmax(-1)
                             for im, q in zip(images, questions)])
         batched = self.model(**inputs, use_cache=False).logits[:, -1].float().softmax(-1)
-        prep = self.prepare(inputs)
-        n, mid = len(prep), self.num_layers // 2
-        idx = torch.tensor([n - 1, 0, n - 1, 1], device=self.device)
-        hidden, full_logits = self.layer_inputs(prep)
-        diffs = {
-            "batch": self.last_logits(prep, tail_only=False).softmax(-1) - single,
-            f"from layer {mid}, rows reordered": self.run_from_layer(prep.rows(idx), mid, hidden[mid][idx]).softmax(-1) - single[idx],
-            "repeated rows": self.last_logits(prep.repeat_rows(2), tail_only=False).softmax(-1) - single.repeat_interleave(2, 0),
-        }
-        worst_name, worst = max(((k, v.abs().max().item()) for k, v in diffs.items()), key=lambda kv: kv[1])
         tol = self.check_tolerance()
-        # The last-MLP shortcut is used only where it gives the same numbers.
-        tail = (self.last_logits(prep).softmax(-1) - single).abs().max().item()
-        if tail > tol:
-            self.tail_only_ok = False
-        metrics = {"check.max_prob_diff": max(worst, tail if self.tail_only_ok else 0.0), "check.model_batch_diff": (batched - single).abs().max().item()}
-        if worst > tol:
+        n, failure, prep, plain_probs = len(images), None, None, None
+        try:
+            with self.plain():
+                prep = self.prepare(inputs)
+                self._choose_logit_transforms(prep, batched)
+                hidden, _ = self.layer_inputs(prep)
+                diffs = self._replay_diffs(prep, single, hidden)
+                plain_probs = self.last_logits(prep).softmax(-1)
+            worst_name, worst = max(((k, v.abs().max().item()) for k, v in diffs.items()), key=lambda kv: kv[1])
+        except VseamError:
+            raise  # a refusal that names its reason (prepare's checks of the layer calls)
+        except Exception as e:  # noqa: BLE001 - the replay failing on this model is a finding, not a crash
+            worst_name, worst, failure = f"the replay raised {_why(e)}", float("inf"), e
+        metrics = {"check.max_prob_diff": worst, "check.model_batch_diff": (batched - single).abs().max().item()}
+        if self._has_logit_transforms():
+            metrics["check.logit_transforms"] = 1.0 if getattr(self, "logit_transforms", True) else 0.0
+        if not worst <= tol:
+            for sc in self.shortcuts.values():
+                sc.state, sc.reason = "off", "the plain replay failed the self-check"
+            metrics.update({f"check.shortcut.{k}": 0.0 for k in self.shortcuts})
+            how = (worst_name if failure is not None else
+                   f"by {worst:.3g} in last-position probability ({worst_name}; tolerance {tol:g})")
             msg = (f"model '{self.entry.name}' ({type(self.model).__name__}): vseam's fast path differs from the model's own "
-                   f"forward pass by {worst:.3g} in last-position probability ({worst_name}; tolerance {tol:g}) on a "
-                   f"padded batch of {n} questions; its numbers would be wrong")
+                   f"forward pass {how} on a padded batch of {n} questions; its numbers would be wrong"
+                   if failure is None else
+                   f"model '{self.entry.name}' ({type(self.model).__name__}): vseam's fast path cannot run this model: "
+                   f"{how}, on a padded batch of {n} questions")
             if not fallback:
                 raise VseamError(msg, hint="set `search.strategy: reference` in the spec (every number then comes from "
                                            "model(**inputs), slowly), and report the model class")
             self.replay = False
             metrics["check.fast_path_off"] = 1.0
+            self.replay_problem = msg
+            if failure is not None:  # nothing measured: the reason is in shortcut_report()["replay"]
+                del metrics["check.max_prob_diff"]
+                metrics["check.replay_raised"] = 1.0
+            return metrics
+        self.replay_problem = None
+        # check.max_prob_diff is the plain replay against the model's own forward; each shortcut's
+        # difference from the plain replay is its own metric.
+        metrics.update(self.check_shortcuts(prep, plain_probs, hidden))
         return metrics
 
     def _check_batch(self, items: Sequence[Any]) -> tuple[list[Image.Image], list[str]]:
@@ -729,6 +875,15 @@ def first_answer_token(tokenizer, tail: str, answer: str) -> int | None:
     if k < len(base) or k >= len(ids) or ids[k] == tokenizer.unk_token_id:
         return None
     return ids[k]
+
+
+def _check_prompt(entry: ModelEntry, processor) -> None:
+    from vseam_run.errors import SpecError
+    from vseam_run.prompt_check import prompt_problems
+
+    problems = prompt_problems(entry, processor)
+    if problems:
+        raise SpecError(str(entry._source or f"registry entry {entry.name}"), problems)
 
 
 def weights_source(entry: ModelEntry) -> str:

@@ -21,17 +21,33 @@ def models(ctx: typer.Context, json_: JsonOption = False) -> None:
         return
     from vseam_run.registry import available, get_entry
 
+    from vseam_run.zoo.tested import tested_for
+
     entries = [get_entry(name) for name in available()]
     if json_:
-        print_json([{"name": e.name, "source": e.hf_id or e.path, "class": e.model_class, "description": e.description} for e in entries])
+        print_json([{"name": e.name, "source": e.hf_id or e.path, "class": e.model_class, "description": e.description,
+                     "tested": tested_for(e.model_class)} for e in entries])
         return
     t = Table(title="models")
     # Names are what users type: never wrap them, even in a narrow terminal.
     t.add_column("name", no_wrap=True, style="cyan")
-    for col in ("weights", "class", "description"):
+    for col in ("weights", "class", "description", "family tested"):
         t.add_column(col, overflow="fold")
     for e in entries:
-        t.add_row(e.name, e.hf_id or str(e.resolved_path()), e.model_class, e.description)
+        t.add_row(e.name, e.hf_id or str(e.resolved_path()), e.model_class, e.description, tested_for(e.model_class))
+    console().print(t)
+    _print_tested()
+
+
+def _print_tested() -> None:
+    """Per transformers family: how the test suite checked it (equal / refused, tolerance)."""
+    from vseam_run.zoo.tested import TESTED
+
+    t = Table(title="families tested (tests/test_families.py, tests/test_shortcuts.py)")
+    for col in ("class", "route", "result"):
+        t.add_column(col, overflow="fold")
+    for cls, row in TESTED.items():
+        t.add_row(cls, row.route, row.result)
     console().print(t)
 
 

@@ -68,9 +68,13 @@ def _validate_entry(f: Path, entry) -> None:
     """Check an entry's module paths on its meta-device module tree; say what was checked."""
     from vseam_run.inspect_model import check_entry
 
+    from vseam_run.prompt_check import load_processor, prompt_problems
+
     check = check_entry(entry)
-    if check.errors:
-        raise SpecError(str(f), check.errors)
+    processor = load_processor(entry)
+    errors = check.errors + (prompt_problems(entry, processor) if processor is not None else [])
+    if errors:
+        raise SpecError(str(f), errors)
     if check.checked_on is None:
         what = entry.hf_id or str(entry.resolved_path())
         console().print(

@@ -26,9 +26,11 @@ from PIL import Image
 from vseam_run.zoo.build import LLAVA_MODULES, TinyVLMConfig, build_tokenizer, save, tiny_instructblip, tiny_llava
 
 #: Families saved with save_pretrained and loaded back through a registry entry.
-FAMILIES = ("llava", "instructblip", "paligemma", "llava_next", "gemma3", "idefics3")
+FAMILIES = ("llava", "instructblip", "paligemma", "llava_next", "gemma3", "idefics3", "blip2_opt", "aya_vision")
+#: Families whose test entry is the one `vseam models new` writes (not the builder's hand-written one).
+FROM_MODELS_NEW = ("blip2_opt", "aya_vision")
 #: Families whose processor cannot be built here (no torchvision): used in memory, see Qwen2VLInputs.
-IN_MEMORY = ("qwen2_vl",)
+IN_MEMORY = ("qwen2_vl", "qwen2_5_vl")
 
 
 @dataclass
@@ -171,6 +173,38 @@ def qwen2_vl(words: list[str], cfg: TinyVLMConfig) -> Family:
         "image_token_id", processor_class="Qwen2VLProcessor"), image_sizes=[(32, 32), (48, 32), (32, 48)])
 
 
+def qwen2_5_vl(words: list[str], cfg: TinyVLMConfig) -> Family:
+    """Qwen2.5-VL: Qwen2-VL's 3-D multimodal RoPE, and a vision tower with windowed attention."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
+
+    torch.manual_seed(cfg.seed)
+    tok = _tokenizer(words, ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"])
+    head_dim = cfg.text_hidden // cfg.text_heads
+    third = head_dim // 2 // 3
+    section = [head_dim // 2 - 2 * third, third, third]
+    patch, merge = 4, 2
+    text = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, rope_scaling={"type": "mrope", "mrope_section": section},
+                **_text_sizes(cfg))
+    vision = dict(depth=cfg.vision_layers, hidden_size=cfg.vision_hidden, out_hidden_size=cfg.text_hidden,
+                  intermediate_size=cfg.vision_hidden * 2, num_heads=cfg.vision_heads, patch_size=patch,
+                  spatial_merge_size=merge, temporal_patch_size=2, in_channels=3, window_size=16,
+                  fullatt_block_indexes=[cfg.vision_layers - 1])
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision,
+                              image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+                              video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+                              vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+                              vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"), tie_word_embeddings=False)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    px = cfg.image_size * cfg.image_size
+    image_processor = Qwen2VLImageProcessor(min_pixels=px, max_pixels=px, patch_size=patch, merge_size=merge,
+                                            temporal_patch_size=2)
+    modules = dict(decoder="model.language_model", layers="model.language_model.layers",
+                   final_norm="model.language_model.norm", lm_head="lm_head")
+    return Family(model, Qwen2VLInputs(image_processor, tok), _entry(
+        "Qwen2_5_VLForConditionalGeneration", "<|vision_start|><|image_pad|><|vision_end|>{question} answer:", modules,
+        "image_token_id", processor_class="Qwen2_5_VLProcessor"), image_sizes=[(32, 32), (48, 32), (32, 48)])
+
+
 class Qwen2VLInputs:
     """What Qwen2VLProcessor does for images and text, without its video processor.
 
@@ -248,8 +282,70 @@ def idefics3(words: list[str], cfg: TinyVLMConfig) -> Family:
                                       "image_token_id"))
 
 
+def blip2_opt(words: list[str], cfg: TinyVLMConfig) -> Family:
+    """BLIP-2 with OPT: a Q-Former's query tokens in front of an OPT decoder, whose layers
+    flatten hidden states to [batch × tokens, hidden] before their MLP (fc1/fc2, no `mlp`
+    module), and whose decoder takes no position ids but computes them from the mask."""
+    from transformers import (BlipImageProcessor, Blip2Config, Blip2ForConditionalGeneration, Blip2Processor,
+                              Blip2QFormerConfig, Blip2VisionConfig, OPTConfig)
+
+    torch.manual_seed(cfg.seed)
+    tok = build_tokenizer(words)
+    proc = Blip2Processor(image_processor=BlipImageProcessor(size={"height": cfg.image_size, "width": cfg.image_size}),
+                          tokenizer=tok, num_query_tokens=cfg.num_query_tokens)
+    vision = Blip2VisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_hidden * 2,
+                               num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+                               image_size=cfg.image_size, patch_size=cfg.patch_size, initializer_range=0.02)
+    qformer = Blip2QFormerConfig(vocab_size=len(tok), hidden_size=cfg.qformer_hidden, num_hidden_layers=cfg.qformer_layers,
+                                 num_attention_heads=2, intermediate_size=cfg.qformer_hidden * 2,
+                                 encoder_hidden_size=cfg.vision_hidden, max_position_embeddings=128)
+    text = OPTConfig(vocab_size=len(tok), hidden_size=cfg.text_hidden, ffn_dim=cfg.text_intermediate,
+                     num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads,
+                     word_embed_proj_dim=cfg.text_hidden, max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    config = Blip2Config(vision_config=vision.to_dict(), qformer_config=qformer.to_dict(), text_config=text.to_dict(),
+                         num_query_tokens=cfg.num_query_tokens, image_token_index=tok.convert_tokens_to_ids("<image>"),
+                         tie_word_embeddings=False)
+    model = Blip2ForConditionalGeneration(config).eval()
+    modules = dict(decoder="language_model.model.decoder", layers="language_model.model.decoder.layers",
+                   final_norm="language_model.model.decoder.final_layer_norm", lm_head="language_model.lm_head",
+                   attention="self_attn", o_proj="self_attn.out_proj", mlp="fc2")
+    return Family(model, proc, _entry("Blip2ForConditionalGeneration", "{question} answer:", modules, "image_token_index"))
+
+
+def aya_vision(words: list[str], cfg: TinyVLMConfig) -> Family:
+    """Aya Vision: SigLIP features pixel-shuffled into a Cohere2 decoder (sliding-window and full
+    layers, parallel attention and MLP, logits scaled by `logit_scale`); `<image>` in the prompt
+    is expanded by the processor into START/patch/line-break tokens."""
+    from transformers import (AyaVisionConfig, AyaVisionForConditionalGeneration, AyaVisionProcessor, Cohere2Config,
+                              GotOcr2ImageProcessorPil, SiglipVisionConfig)
+
+    torch.manual_seed(cfg.seed)
+    specials = ["<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>", "TILE", "TILE_GLOBAL"]
+    tok = _tokenizer(words, specials)
+    down = 2
+    image_processor = GotOcr2ImageProcessorPil(size={"height": cfg.image_size, "width": cfg.image_size},
+                                               crop_to_patches=False)
+    proc = AyaVisionProcessor(image_processor=image_processor, tokenizer=tok, patch_size=cfg.patch_size,
+                              img_size=cfg.image_size, downsample_factor=down)
+    text = Cohere2Config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, tie_word_embeddings=False, logit_scale=0.5,
+                         sliding_window=4, layer_types=["sliding_attention", "full_attention"] * (cfg.text_layers // 2)
+                         + ["sliding_attention"] * (cfg.text_layers % 2), **_text_sizes(cfg))
+    vision = SiglipVisionConfig(hidden_size=cfg.vision_hidden, intermediate_size=cfg.vision_hidden * 2,
+                                num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.vision_heads,
+                                image_size=cfg.image_size, patch_size=cfg.patch_size)
+    config = AyaVisionConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), downsample_factor=down,
+                             image_token_index=tok.convert_tokens_to_ids("<|IMG_PATCH|>"), tie_word_embeddings=False)
+    model = AyaVisionForConditionalGeneration(config).eval()
+    modules = dict(decoder="model.language_model", layers="model.language_model.layers",
+                   final_norm="model.language_model.norm", lm_head="lm_head")
+    return Family(model, proc, _entry("AyaVisionForConditionalGeneration", "<image>{question} answer:", modules,
+                                      "image_token_index"))
+
+
 BUILDERS: dict[str, Callable[[list[str], TinyVLMConfig], Family]] = dict(
     llava=llava, instructblip=instructblip, paligemma=paligemma, llava_next=llava_next, qwen2_vl=qwen2_vl, gemma3=gemma3, idefics3=idefics3,
+    blip2_opt=blip2_opt, qwen2_5_vl=qwen2_5_vl, aya_vision=aya_vision,
 )
 
 
@@ -281,8 +377,14 @@ def write_family(name: str, folder: Path, words: list[str], cfg: TinyVLMConfig |
     if scale:
         scale_weights(fam.model, fam.entry["modules"])
     save(fam.model, fam.processor, Path(folder) / "ckpt")
-    entry = dict(name=f"tiny-{name.replace('_', '-')}", path="ckpt", **fam.entry)
     path = Path(folder) / f"tiny-{name}.yaml"
+    if name in FROM_MODELS_NEW:
+        # The entry a user gets from `vseam models new ckpt` (its config, meta tree and processor).
+        from vseam_run.inspect_model import entry_yaml, inspect
+
+        path.write_text(entry_yaml(inspect(str(Path(folder) / "ckpt")), f"tiny-{name.replace('_', '-')}", path))
+        return path, fam
+    entry = dict(name=f"tiny-{name.replace('_', '-')}", path="ckpt", **fam.entry)
     path.write_text(yaml.safe_dump(entry, sort_keys=False))
     return path, fam
 
