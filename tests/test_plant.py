@@ -114,3 +114,74 @@ def test_rank_of_orders_like_the_top_lists():
     assert rank_of(m, 0, 2) is None and rank_of(m, 1, 2) is None
     allowed = np.array([[True, False, True], [True, True, True]])
     assert rank_of(m, 1, 0, allowed) == 1 and rank_of(m, 0, 1, allowed) is None
+
+
+def test_attribution_verify_from_the_two_searches_equals_search_heads(tiny_llava_entry, toy_examples):
+    """The bench builds attribution+verify from the attribution and exact searches instead of
+    searching a third time; that must give search_heads' own numbers."""
+    from vseam_run.bench_recovery import verified_from
+    from vseam_run.search import SearchItem, search_heads
+
+    vlm = load_vlm(tiny_llava_entry)
+    items = [SearchItem(str(i), e.image, e.question, vlm.answer_token_ids([e.answer])[0]) for i, e in enumerate(toy_examples)]
+    kw = dict(scoring="subset", ablation="mean", top_k=3, batch_size=4, batch_rows=8)
+    att, ex = (search_heads(vlm, items, strategy=s, **kw) for s in ("attribution", "exact"))
+    plain = search_heads(vlm, items, strategy="attribution+verify", verify_k=5, **kw)
+    got = verified_from(att, ex, 5)
+    assert (got.verified == plain.verified).all() and got.verified.sum() == 5
+    np.testing.assert_allclose(got.effects, plain.effects, atol=1e-5)
+    assert [t[:2] for t in got.matrices.top_negative] == [t[:2] for t in plain.matrices.top_negative]
+    assert [t[:2] for t in got.matrices.top_positive] == [t[:2] for t in plain.matrices.top_positive]
+
+
+def test_planted_harmful_head_is_found_by_exact_search_and_undone_by_paper(tmp_path):
+    """On toy-llava: the most-used layer-0 head (chosen by its own ablation) amplified ×3 is
+    the top negative head under exact search, and the paper policy's held-out gain on the
+    planted model is significant."""
+    from vseam_run.bench_recovery import RecoveryConfig, Variant, run_level
+    from vseam_run.registry import get_entry
+    from vseam_run.vlm import VLM
+
+    entry = get_entry("toy-llava")
+    src = VLM.load(entry, torch.device("cpu"), torch.float32)
+    use = pl.measure_use(src, pl.use_questions(src, 20, cache_dir=tmp_path / "cache"), [(0, h) for h in range(src.num_heads)])
+    (layer, head, drop), *_ = use.used(pl.USE_THRESHOLD, layers=[0])
+    assert drop >= pl.USE_THRESHOLD
+    heads = [pl.PlantedHead(layer, head, 3.0)]
+    done = pl.plant(entry, src, heads, tmp_path / "planted", use=use)
+    vlm = load_vlm(done.entry)
+    cfg = RecoveryConfig(levels=("object",), images=150, strategies=("exact",), policies=("paper",), control_draws=1, bootstrap=300)
+    lv = run_level(vlm, Variant("t", heads, ""), "object", cfg, tmp_path / "cache", tmp_path / "art", lambda s: None)
+    found = lv["strategies"]["exact"]["heads"][0]
+    assert found["rank_negative"] == 1, lv["exact_top_negative"]
+    held = lv["policies"]["paper"]["held_out"]
+    assert held["gain"] > 0 and held["ci"][0] > 0 and held["mcnemar_p"] < 0.05, held
+    assert lv["policies"]["paper"]["planted_scales"][heads[0].label] < 1  # it suppressed the planted head
+
+
+def test_bench_recovery_small_writes_one_json_and_one_figure(capsys, tmp_path):
+    out = tmp_path / "bench"
+    rc, o, err = call(capsys, "bench", "recovery", "--small", "--variants", "null,harmful-L0", "--out", out, "--json")
+    assert rc == 0, o + err
+    res = json.loads(o)
+    assert Path(res["figure"]).is_file() and Path(res["json"]).is_file()
+    assert json.loads(Path(res["json"]).read_text())["variants"] == res["variants"]
+    null, planted = res["variants"]
+    assert null["name"] == "null" and null["heads"] == [] and planted["name"] == "harmful-L0"
+    for v in res["variants"]:
+        for lv in v["levels"]:
+            ref = lv["strategies"]["reference"]
+            assert ref["small_case"] and ref["max_abs_diff_vs_exact_same_case"] <= 1e-5
+            for p, r in lv["policies"].items():
+                h = r["held_out"]
+                assert h["ci"][0] - 1e-9 <= h["gain"] <= h["ci"][1] + 1e-9 and 0 <= h["mcnemar_p"] <= 1
+                assert r["in_sample"]["n"] == lv["split_sizes"]["search"]
+    lv = planted["levels"][0]
+    assert lv["harm"] == pytest.approx(lv["source_test_accuracy"] - lv["test_accuracy"])
+    assert lv["source_test_accuracy"] == null["levels"][0]["test_accuracy"]
+    for s in ("exact", "attribution", "attribution+verify"):
+        row = lv["strategies"][s]["heads"][0]
+        assert row["expected_list"] == "negative" and set(lv["strategies"][s]["recall"]) == {"1", "5", "10"}
+    assert lv["strategies"]["exact"]["heads"][0]["ratio_to_exact"] == pytest.approx(1.0)
+    nf = res["null_false_gains"]
+    assert nf["cells"] == len(null["levels"][0]["policies"]) and 0 <= nf["held_out"]["significant_gain"] <= nf["cells"]

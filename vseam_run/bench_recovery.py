@@ -193,6 +193,22 @@ def planted_report(result: SearchResult, heads: Sequence[PlantedHead], exact: Se
 # ---- the bench ----------------------------------------------------------------------------------------
 
 
+def verified_from(att: SearchResult, exact: SearchResult, verify_k: int) -> SearchResult:
+    """attribution+verify from the attribution and exact searches on the same questions: the
+    verify_k heads attribution picks (`verify_candidates`, as search_heads picks them) carry
+    exact's numbers. search_heads would re-score those heads exactly — the same numbers (a test
+    checks this against search_heads) — so the bench does not pay for that search twice."""
+    from vseam_run.search import verify_candidates
+    from vseam_run.search.scoring import score
+
+    verified = verify_candidates(att.effects, att.correct, att.scoring, verify_k)
+    merged = att.effects.copy()
+    merged[:, verified] = exact.effects[:, verified]
+    matrices = score(merged, exact.correct, att.scoring, att.top_k, allowed=verified)
+    return SearchResult("attribution+verify", att.scoring, list(att.qids), merged, exact.base_prob, exact.correct, matrices,
+                        att.seconds, verified, att.top_k)
+
+
 def _policy(name: str):
     from vseam_run.spec import Spec
 
@@ -259,13 +275,19 @@ def run_level(vlm, variant: Variant, level: str, cfg: RecoveryConfig, cache: Pat
     kw = dict(scoring="subset", ablation="mean", top_k=cfg.top_k, batch_size=cfg.batch_size, batch_rows=cfg.batch_rows)
     results: dict[str, SearchResult] = {}
     strategies: dict[str, Any] = {}
-    order = ["exact"] + [s for s in cfg.strategies if s not in ("exact", "reference")]
+    order = ["exact"] + [s for s in ("attribution", "attribution+verify") if s in cfg.strategies or
+                         (s == "attribution" and "attribution+verify" in cfg.strategies)]
     for s in order:
         t0 = time.perf_counter()
-        results[s] = search_heads(vlm, items, strategy=s, **kw)
+        if s == "attribution+verify":
+            results[s] = verified_from(results["attribution"], results["exact"], 3 * cfg.top_k)
+        else:
+            results[s] = search_heads(vlm, items, strategy=s, **kw)
         strategies[s] = {"questions": len(items), "seconds": time.perf_counter() - t0,
                          **planted_report(results[s], variant.heads, results["exact"])}
         log(f"    {s}: {strategies[s]['seconds']:.1f}s, recall@1/5/10 {strategies[s]['recall']}")
+    if "attribution" not in cfg.strategies:
+        strategies.pop("attribution", None)
     if "reference" in cfg.strategies:
         sub = items[: cfg.reference_questions]
         t0 = time.perf_counter()
@@ -294,8 +316,11 @@ def run_level(vlm, variant: Variant, level: str, cfg: RecoveryConfig, cache: Pat
     }
 
 
-def run_recovery(cfg: RecoveryConfig, log: Callable[[str], None] | None = None, work: Path | None = None) -> dict[str, Any]:
-    """The whole benchmark on one model; returns one JSON-able dict (see the module doc)."""
+def run_recovery(cfg: RecoveryConfig, log: Callable[[str], None] | None = None, work: Path | None = None,
+                 on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """The whole benchmark on one model; returns one JSON-able dict (see the module doc).
+    `on_update` gets the result so far after every finished level (nothing computed is lost
+    when a long bench is stopped)."""
     from vseam_run.registry import get_entry, load_entry_file
     from vseam_run.vlm import VLM
     from vseam_run.zoo import plant as pl
@@ -315,7 +340,18 @@ def run_recovery(cfg: RecoveryConfig, log: Callable[[str], None] | None = None, 
         if cfg.variants is not None:
             variants = [v for v in variants if v.name in cfg.variants]
         del src
-        out_variants = []
+        out_variants: list[dict[str, Any]] = []
+
+        def result(done: bool, vs: list[dict[str, Any]]) -> dict[str, Any]:
+            _add_harm(vs)
+            return {
+                "model": entry.name, "complete": done, "config": asdict(cfg), "threshold": cfg.threshold, "clip": list(CLIP),
+                "factors": {"flipped": FLIP, "amplified": AMPLIFY, "removed": REMOVE, "weakened": WEAKEN},
+                "use": {**use.to_json(), "seconds": use_s, "used": [[l, h, d] for l, h, d in use.used(cfg.threshold)]},
+                "notes": notes, "variants": vs, "null_false_gains": null_false_gains(vs),
+                "threads": torch.get_num_threads(), "seconds": time.perf_counter() - t_all,
+            }
+
         for v in variants:
             log(f"{v.name}: {', '.join(h.label for h in v.heads) or 'nothing planted'} — {v.why}")
             if v.heads:
@@ -333,19 +369,37 @@ def run_recovery(cfg: RecoveryConfig, log: Callable[[str], None] | None = None, 
                     continue
                 log(f"  level {level}")
                 levels.append(run_level(vlm, v, level, cfg, cache, root / "art", log))
-            out_variants.append({"name": v.name, "why": v.why, "heads": [h.to_json() for h in v.heads],
-                                 "use_drops": {h.label: float(use.drops[h.layer, h.head]) for h in v.heads},
-                                 "use_drops_by_level": {lv: {h.label: float(m[h.layer, h.head]) for h in v.heads}
-                                                        for lv, m in use.by_level.items()},
-                                 "levels_skipped": skipped, "levels": levels})
-    _add_harm(out_variants)
-    return {
-        "model": entry.name, "config": asdict(cfg), "threshold": cfg.threshold, "clip": list(CLIP),
-        "factors": {"flipped": FLIP, "amplified": AMPLIFY, "removed": REMOVE, "weakened": WEAKEN},
-        "use": {**use.to_json(), "seconds": use_s, "used": [[l, h, d] for l, h, d in use.used(cfg.threshold)]},
-        "notes": notes, "variants": out_variants, "null_false_gains": null_false_gains(out_variants),
-        "threads": torch.get_num_threads(), "seconds": time.perf_counter() - t_all,
-    }
+                if on_update:
+                    on_update(result(False, out_variants + [_variant_doc(v, use, skipped, levels)]))
+            out_variants.append(_variant_doc(v, use, skipped, levels))
+        return result(True, out_variants)
+
+
+def _variant_doc(v: Variant, use: HeadUse, skipped: list[str], levels: list[dict]) -> dict[str, Any]:
+    return {"name": v.name, "why": v.why, "heads": [h.to_json() for h in v.heads],
+            "use_drops": {h.label: float(use.drops[h.layer, h.head]) for h in v.heads},
+            "use_drops_by_level": {lv: {h.label: float(m[h.layer, h.head]) for h in v.heads} for lv, m in use.by_level.items()},
+            "levels_skipped": skipped, "levels": levels}
+
+
+SUITE_ORDER = ("null", "harmful-L0", "harmful-later", "harmful-two", "removed", "weakened")
+
+
+def merge(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One result from runs of the same model and head use with different variants (run side
+    by side); the harm and the null's false gains are recomputed over the merged variants."""
+    from vseam_run.errors import VseamError
+
+    first = parts[0]
+    for p in parts[1:]:
+        if p["model"] != first["model"] or p["use"]["drops"] != first["use"]["drops"]:
+            raise VseamError("--from-json: the files are from different models or head-use measurements", hint="merge runs of one model")
+    variants = {v["name"]: v for p in parts for v in p["variants"]}
+    ordered = [variants[n] for n in SUITE_ORDER if n in variants] + [v for n, v in variants.items() if n not in SUITE_ORDER]
+    _add_harm(ordered)
+    return {**first, "complete": all(p.get("complete", True) for p in parts), "variants": ordered,
+            "null_false_gains": null_false_gains(ordered), "seconds": sum(p["seconds"] for p in parts),
+            "merged_from": len(parts), "config": {**first["config"], "variants": [v["name"] for v in ordered]}}
 
 
 def _add_harm(variants: list[dict]) -> None:

@@ -173,8 +173,11 @@ def recovery(
     variants: Annotated[str | None, typer.Option("--variants", help="Comma-separated variants: null, harmful-L0, harmful-later, harmful-two, removed, weakened.")] = None,
     policies: Annotated[str | None, typer.Option("--policies", help="Comma-separated policies (default: paper, linear, topk, learned).")] = None,
     images: Annotated[int | None, typer.Option("--images", help="Toy-world scenes per level (default 200; --small 80).")] = None,
+    use_images: Annotated[int | None, typer.Option("--use-images", help="Toy-world scenes (all levels) for choosing the planted heads by ablation (default 60; --small 40).")] = None,
+    control_draws: Annotated[int | None, typer.Option("--control-draws", help="Random-head control draws per evaluated set (default 5; --small 2).")] = None,
     threshold: Annotated[float, typer.Option("--threshold", help="A head is 'used' (may be planted) when zero-ablating it alone costs at least this accuracy.")] = 0.05,
-    out: Annotated[Path, typer.Option("--out", help="Folder for recovery_MODEL.json and recovery_MODEL.png.")] = Path(".vseam/bench"),
+    out: Annotated[Path, typer.Option("--out", help="Folder for recovery_MODEL.json (written after every level) and recovery_MODEL.png.")] = Path(".vseam/bench"),
+    from_json: Annotated[list[Path] | None, typer.Option("--from-json", help="Draw the table and figure from JSON this command wrote, no computing; repeat to merge runs of different --variants of one model.")] = None,
     json_: JsonOption = False,
 ) -> None:
     """Plant known heads into a toy model and measure whether search and modulation recover them.
@@ -219,17 +222,32 @@ def recovery(
                   levels=pick(levels, br.LEVELS, "levels") or cfg.levels,
                   variants=pick(variants, known_variants, "variants") or cfg.variants,
                   policies=pick(policies, tuple(br.POLICY_SPECS), "policies") or cfg.policies,
-                  images=images or cfg.images)
+                  images=images or cfg.images, use_images=use_images or cfg.use_images,
+                  control_draws=cfg.control_draws if control_draws is None else control_draws)
     if cfg.images < 20:
         raise VseamError(f"--images {cfg.images}: too few scenes to split into search / val / test", hint="use 20 or more")
     from vseam_run.registry import get_entry
 
-    get_entry(model)  # an unknown model is refused before any work
-    res = br.clean(br.run_recovery(cfg))
-    out.mkdir(parents=True, exist_ok=True)
-    stem = res["model"].replace("/", "_")
-    path = out / f"recovery_{stem}.json"
-    path.write_text(__import__("json").dumps(res, indent=1))
+    import json
+
+    if from_json:
+        parts = []
+        for f in from_json:
+            try:
+                parts.append(json.loads(f.read_text()))
+                parts[-1]["model"], parts[-1]["variants"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise VseamError(f"--from-json {f}: not a recovery result ({e})", hint="give a JSON `bench recovery` wrote") from None
+        res = br.merge(parts)
+        stem = res["model"].replace("/", "_")
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"recovery_{stem}.json"
+    else:
+        stem = get_entry(model).name.replace("/", "_")  # an unknown model is refused before any work
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"recovery_{stem}.json"
+        res = br.clean(br.run_recovery(cfg, on_update=lambda r: path.write_text(json.dumps(br.clean(r), indent=1))))
+        path.write_text(json.dumps(res, indent=1))
     fig = br.figure(res, out / f"recovery_{stem}.png")
     if json_:
         print_json({**res, "json": str(path), "figure": str(fig)})
