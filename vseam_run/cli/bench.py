@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from pathlib import Path
 
 import typer
 from rich.table import Table
@@ -162,3 +163,110 @@ def trace(
                   f(r.get("max_abs_diff_vs_exact"), ".1e"), f(r.get("spearman_cells_vs_exact"), ".3f"),
                   f(r.get("spearman_table_vs_exact"), ".3f"), f(r.get("recall_top10_cells"), ".2f"))
     console().print(t)
+
+
+@app.command("recovery")
+def recovery(
+    model: Annotated[str, typer.Option("--model", help="Source model: any registry name (toy-llava, toy-instructblip, ...) or entry YAML.")] = "toy-llava",
+    small: Annotated[bool, typer.Option("--small", help="Quick mode: object level only, 80 scenes, the null and two plants, paper and topk.")] = False,
+    levels: Annotated[str | None, typer.Option("--levels", help="Comma-separated levels (default: all three; --small: object).")] = None,
+    variants: Annotated[str | None, typer.Option("--variants", help="Comma-separated variants: null, harmful-L0, harmful-later, harmful-two, removed, weakened.")] = None,
+    policies: Annotated[str | None, typer.Option("--policies", help="Comma-separated policies (default: paper, linear, topk, learned).")] = None,
+    images: Annotated[int | None, typer.Option("--images", help="Toy-world scenes per level (default 200; --small 80).")] = None,
+    use_images: Annotated[int | None, typer.Option("--use-images", help="Toy-world scenes (all levels) for choosing the planted heads by ablation (default 60; --small 40).")] = None,
+    control_draws: Annotated[int | None, typer.Option("--control-draws", help="Random-head control draws per evaluated set (default 5; --small 2).")] = None,
+    threshold: Annotated[float, typer.Option("--threshold", help="A head is 'used' (may be planted) when zero-ablating it alone costs at least this accuracy.")] = 0.05,
+    out: Annotated[Path, typer.Option("--out", help="Folder for recovery_MODEL.json (written after every level) and recovery_MODEL.png.")] = Path(".vseam/bench"),
+    from_json: Annotated[list[Path] | None, typer.Option("--from-json", help="Draw the table and figure from JSON this command wrote, no computing; repeat to merge runs of different --variants of one model.")] = None,
+    json_: JsonOption = False,
+) -> None:
+    """Plant known heads into a toy model and measure whether search and modulation recover them.
+
+    Variants: harmful-L0 (the most-used layer-0 head ×3), harmful-later (the most-used head of
+    layers ≥ 1 ×−1), harmful-two (the most-used heads of two layers ≥ 1, ×3 each), removed (×0),
+    weakened (×0.5: enhancing it ×2 is the exact repair) and null (nothing planted). Heads are chosen
+    by zero-ablation on separate toy-world questions (drop ≥ --threshold). Per variant and level:
+    the planted heads' ranks under every search strategy (reference on a small case), recall@k,
+    attribution's score over exact's; per policy the held-out gain with its 95% CI, McNemar p and
+    the random-head control, in-sample beside it. Writes one JSON and one figure under --out.
+
+    Examples:
+
+      vseam bench recovery --small
+
+      vseam bench recovery --model toy-instructblip --json
+
+      vseam bench recovery --levels object --variants null,harmful-two --policies paper
+    """
+    import os
+
+    os.environ.setdefault("VSEAM_QUIET", "1")
+    from dataclasses import replace
+
+    from vseam_run import bench_recovery as br
+    from vseam_run.errors import VseamError
+
+    cfg = br.small_config(model) if small else br.RecoveryConfig(model=model)
+
+    def pick(text: str | None, known: tuple[str, ...], what: str) -> tuple[str, ...] | None:
+        if text is None:
+            return None
+        got = tuple(s.strip() for s in text.split(",") if s.strip())
+        bad = [g for g in got if g not in known]
+        if bad or not got:
+            raise VseamError(f"--{what} {text!r}: unknown {', '.join(bad) or '(empty)'}", hint=f"choose from {', '.join(known)}")
+        return got
+
+    known_variants = ("null", "harmful-L0", "harmful-later", "harmful-two", "removed", "weakened")
+    cfg = replace(cfg, threshold=threshold,
+                  levels=pick(levels, br.LEVELS, "levels") or cfg.levels,
+                  variants=pick(variants, known_variants, "variants") or cfg.variants,
+                  policies=pick(policies, tuple(br.POLICY_SPECS), "policies") or cfg.policies,
+                  images=images or cfg.images, use_images=use_images or cfg.use_images,
+                  control_draws=cfg.control_draws if control_draws is None else control_draws)
+    if cfg.images < 20:
+        raise VseamError(f"--images {cfg.images}: too few scenes to split into search / val / test", hint="use 20 or more")
+    from vseam_run.registry import get_entry
+
+    import json
+
+    if from_json:
+        parts = []
+        for f in from_json:
+            try:
+                parts.append(json.loads(f.read_text()))
+                parts[-1]["model"], parts[-1]["variants"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise VseamError(f"--from-json {f}: not a recovery result ({e})", hint="give a JSON `bench recovery` wrote") from None
+        res = br.merge(parts)
+        stem = res["model"].replace("/", "_")
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"recovery_{stem}.json"
+    else:
+        stem = get_entry(model).name.replace("/", "_")  # an unknown model is refused before any work
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"recovery_{stem}.json"
+        res = br.clean(br.run_recovery(cfg, on_update=lambda r: path.write_text(json.dumps(br.clean(r), indent=1))))
+        path.write_text(json.dumps(res, indent=1))
+    fig = br.figure(res, out / f"recovery_{stem}.png")
+    if json_:
+        print_json({**res, "json": str(path), "figure": str(fig)})
+        return
+    c = console()
+    rows = br.table_rows(res)
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    t = Table(title=f"recovery of planted heads — {res['model']} (threshold {res['threshold']:g}; ranks: n = negative list, "
+                    f"p = positive list, – = not listed; gains held-out with 95% CI, McNemar p, random-head control)")
+    for col in cols:
+        t.add_column(col)
+    for r in rows:
+        t.add_row(*[r.get(col, "") for col in cols])
+    c.print(t)
+    nf = res["null_false_gains"]
+    if nf:
+        c.print(f"null model: of {nf['cells']} (policy, level) cells, held-out gain > 0 in {nf['held_out']['gain_gt_0']}, "
+                f"significant (p < 0.05) in {nf['held_out']['significant_gain']}; in-sample {nf['in_sample']['gain_gt_0']} "
+                f"and {nf['in_sample']['significant_gain']}", highlight=False)
+    for n in res["notes"]:
+        c.print(f"note: {n}", highlight=False)
+    c.print(f"{res['seconds']:.0f}s; JSON {path}; figure {fig}", highlight=False, markup=False)

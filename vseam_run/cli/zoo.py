@@ -62,3 +62,103 @@ def write_entry(name: str, checkpoint: Path) -> Path:
     entry = checkpoint / "entry.yaml"
     entry.write_text(yaml.safe_dump(data, sort_keys=False))
     return entry
+
+
+@app.command("plant")
+def plant(
+    src: Annotated[str, typer.Argument(help="Source model: a registry name (toy-llava) or a registry entry YAML file.")],
+    out: Annotated[Path, typer.Option("--out", help="New folder for the planted checkpoint (never the source's).")],
+    head: Annotated[list[str], typer.Option("--head", help="LAYER.HEAD=FACTOR, repeatable: negative or > 1 harmful, 0 removed, (0, 1) weakened.")],
+    name: Annotated[Optional[str], typer.Option("--name", help="Name of the new registry entry (default SRC-planted).")] = None,
+    threshold: Annotated[float, typer.Option("--threshold", help="A head is 'used' when zero-ablating it alone costs at least this much toy-world accuracy.")] = 0.05,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Measure each planted head's ablation drop on toy-world questions (all levels) and record it.")] = True,
+    allow_unused: Annotated[bool, typer.Option("--allow-unused", help="Plant heads whose ablation drop is below --threshold (by default refused).")] = False,
+    images: Annotated[int, typer.Option("--images", help="Toy-world scenes for the ablation check (about 2.5 questions each).")] = 100,
+) -> None:
+    """Write a copy of a checkpoint with known heads changed, and a registry entry beside it.
+
+    Each head's slice of the attention output projection's input is multiplied by FACTOR in the
+    weights (the o_proj columns of that head). Harmful and removed heads must be heads the model
+    uses: zero-ablating the head alone must cost at least --threshold accuracy on toy-world
+    questions (`vseam zoo heads SRC` lists them), unless --allow-unused.
+
+    Examples:
+
+      vseam zoo heads toy-llava
+
+      vseam zoo plant toy-llava --out /tmp/planted --head 0.0=3
+
+      vseam zoo plant toy-llava --out /tmp/two --head 1.2=-1 --head 3.4=3
+
+      vseam zoo plant toy-instructblip --out /tmp/weak --head 2.1=0.5
+    """
+    import torch
+
+    from vseam_run.errors import VseamError
+    from vseam_run.registry import get_entry
+    from vseam_run.vlm import VLM
+    from vseam_run.zoo import plant as pl
+
+    heads = [pl.parse_head(h) for h in head]  # bad factors are refused before anything is loaded
+    entry = get_entry(src)
+    pl.check_out(out.expanduser(), entry.resolved_path())
+    c = console()
+    vlm = VLM.load(entry, torch.device("cpu"), torch.float32)
+    pl.check_heads(heads, vlm.num_layers, vlm.num_heads, entry.name)
+    use = None
+    if check:
+        c.print(f"measuring the ablation drop of {len(heads)} head(s) on toy-world questions ({images} scenes)", highlight=False)
+        use = pl.measure_use(vlm, pl.use_questions(vlm, images), [(h.layer, h.head) for h in heads])
+        unused = [h for h in heads if h.kind != "weakened" and use.drops[h.layer, h.head] < threshold]
+        for h in heads:
+            c.print(f"  L{h.layer}.H{h.head}: accuracy drop when ablated {use.drops[h.layer, h.head]:+.3f} "
+                    f"(base {use.base_accuracy:.3f}, n = {use.n}); planted {h.kind} ×{h.factor:g}", highlight=False)
+        if unused and not allow_unused:
+            raise VseamError(f"--head {', '.join(f'{h.layer}.{h.head}' for h in unused)}: not a head the model uses "
+                             f"(ablation drop below --threshold {threshold:g})",
+                             hint="`vseam zoo heads SRC` lists the used heads; or pass --allow-unused")
+    done = pl.plant(entry, vlm, heads, out, use=use, threshold=threshold, name=name)
+    c.print(f"planted {', '.join(h.label for h in heads)} into {done.folder}", highlight=False, markup=False)
+    c.print(f"use it with: vseam run SPEC --set model={done.entry}", highlight=False, markup=False)
+
+
+@app.command("heads")
+def heads(
+    src: Annotated[str, typer.Argument(help="A registry name (toy-llava) or a registry entry YAML file.")],
+    threshold: Annotated[float, typer.Option("--threshold", help="Accuracy drop at which a head counts as used.")] = 0.05,
+    images: Annotated[int, typer.Option("--images", help="Toy-world scenes (about 2.5 questions each, all levels).")] = 100,
+    json_: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")] = False,
+) -> None:
+    """Which heads the model uses: the toy-world accuracy lost when each head alone is zero-ablated.
+
+    Examples:
+
+      vseam zoo heads toy-llava
+
+      vseam zoo heads toy-instructblip --threshold 0.1 --json
+    """
+    import torch
+    from rich.table import Table
+
+    from vseam_run.cli.common import print_json
+    from vseam_run.registry import get_entry
+    from vseam_run.vlm import VLM
+    from vseam_run.zoo import plant as pl
+
+    entry = get_entry(src)
+    vlm = VLM.load(entry, torch.device("cpu"), torch.float32)
+    use = pl.measure_use(vlm, pl.use_questions(vlm, images))
+    used = use.used(threshold)
+    if json_:
+        print_json({"model": entry.name, "threshold": threshold, **use.to_json(), "used": [[l, h, d] for l, h, d in used]})
+        return
+    t = Table(title=f"{entry.name}: accuracy drop when one head is zero-ablated (base {use.base_accuracy:.3f}, n = {use.n}); "
+                    f"≥ {threshold:g} = used")
+    t.add_column("layer")
+    for h in range(vlm.num_heads):
+        t.add_column(f"H{h}", justify="right")
+    for l in range(vlm.num_layers):
+        t.add_row(f"L{l}", *[(f"[bold]{d:+.3f}[/]" if d >= threshold else f"{d:+.3f}") for d in use.drops[l]])
+    c = console()
+    c.print(t)
+    c.print(f"used heads ({len(used)}): " + (", ".join(f"L{l}.H{h} ({d:.3f})" for l, h, d in used) or "none"), highlight=False)
