@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,24 @@ def _can_build_wheels() -> bool:
     return True
 
 
+def _nested_venv(venv: Path) -> Path:
+    """A venv that sees the packages of the interpreter running the tests, not only the base's.
+
+    `python -m venv --system-site-packages` from inside a venv links to the *base* interpreter
+    (a pyenv one here: setuptools 65.5, no `wheel`), so building there checked one setuptools and
+    built with another (issue 24: `invalid command 'bdist_wheel'`), and torch & co had to be in the
+    base. A .pth line puts the running interpreter's site-packages right after the new venv's own,
+    ahead of the base's: the build uses what `_can_build_wheels` checked.
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    own = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    running = [p for p in dict.fromkeys(site.getsitepackages() + [sysconfig.get_paths()["purelib"]]) if Path(p).is_dir()]
+    (Path(own) / "_running_interpreter.pth").write_text("".join(f"{p}\n" for p in running))
+    return py
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """(bin folder of a venv holding a non-editable vseam, environment to run it in)."""
@@ -52,8 +72,7 @@ def installed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         else:
             shutil.copy2(p, src / name)
     venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True, timeout=120)
-    py = venv / "bin" / "python"
+    py = _nested_venv(venv)
     proc = subprocess.run(
         [str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index", str(src)],
         capture_output=True, text=True, timeout=300,
@@ -102,3 +121,15 @@ def test_run_quickstart_by_name_from_any_folder(installed, tmp_path):
     proc = _vseam(installed, tmp_path, "show", "latest", "--db", str(tmp_path / "runs.db"), "--json")
     shown = json.loads(proc.stdout)
     assert shown["name"] == "quickstart" and shown["model"] == "toy-llava" and shown["status"] == "succeeded"
+
+
+def test_nested_venv_builds_with_the_running_interpreters_setuptools(tmp_path):
+    """The check and the build see the same setuptools (and the same torch): the nested venv's
+    imports resolve to the running interpreter's packages, not to the base interpreter's."""
+    py = _nested_venv(tmp_path / "venv")
+    probe = "import setuptools, pydantic; print(setuptools.__file__); print(pydantic.__file__)"
+    out = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    import pydantic
+    import setuptools
+    assert out.stdout.split() == [setuptools.__file__, pydantic.__file__]

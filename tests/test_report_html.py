@@ -169,3 +169,114 @@ def test_progress_quiet_and_non_tty(monkeypatch) -> None:
     with progress("x", 5, stream=buf) as advance:
         advance(5)
     assert "x: 0/5" in buf.getvalue() and "x: 5/5 (100%)" in buf.getvalue()
+
+
+# --- issue 24, item 8: the finding first, titles not clipped, heatmap scales ------------------------
+
+
+def _texts_outside(fig) -> list[str]:
+    """Texts of a figure that reach beyond its edges once drawn (a clipped title)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    out = []
+    for t in fig.findobj(lambda a: hasattr(a, "get_text") and hasattr(a, "get_window_extent")):
+        if not t.get_text().strip() or not t.get_visible():
+            continue
+        e = t.get_window_extent(renderer)
+        if e.x0 < box.x0 - 1 or e.x1 > box.x1 + 1 or e.y0 < box.y0 - 1 or e.y1 > box.y1 + 1:
+            out.append(t.get_text())
+    return out
+
+
+def test_figure_titles_are_not_clipped(tmp_path: Path, monkeypatch) -> None:
+    figs = []
+    real = report._save
+    monkeypatch.setattr(report, "_save", lambda fig, path: (figs.append(fig), real(fig, path))[1])
+    label = "quickstart · 20261203-094144-fead33 · seed 0"
+    report.lambda_curve([(0.0, 0.88), (1.0, 0.9), (8.0, 0.86)], tmp_path / "l.png", n=43, title=f"validation accuracy vs λ — {label}")
+    m = np.zeros((6, 8))
+    m[0, 0] = 0.5
+    report.head_heatmap(m, tmp_path / "h.png", title=f"positive heads — {label}", cbar_label="mean ReLU(base − ablated), correct questions",
+                        counts="exact, mean ablation; n = 113 correct / 17 wrong questions", top=[(0, 0)], significant=m > 0.1)
+    report.ablation_bar_chart({"positive": 0.58, "negative": 0.46, "random": [0.0, 0.01]}, tmp_path / "a.png",
+                              metric="accuracy_drop", title=f"zero-ablating 5 heads — {label}")
+    assert len(figs) == 3
+    for fig in figs:
+        assert _texts_outside(fig) == []
+
+
+def test_heatmap_scales_show_more_than_the_strongest_heads(tmp_path: Path, monkeypatch) -> None:
+    """One strong head washes a linear scale out; symlog and per-row scales keep the others apart."""
+    m = np.full((4, 4), 0.002)
+    m[0, 0], m[2, 1], m[3, 2] = 0.5, 0.01, 0.004
+    figs = []
+    real = report._save
+    monkeypatch.setattr(report, "_save", lambda fig, path: (figs.append(fig), real(fig, path))[1])
+
+    def colours(scale: str) -> np.ndarray:
+        """The RGBA colour each head is drawn in."""
+        report.head_heatmap(m, tmp_path / f"{scale}.png", title="t", cbar_label="c", scale=scale)
+        image = figs[-1].axes[0].images[0]
+        return image.to_rgba(image.get_array())
+    lin, sym, row = (colours(s) for s in ("linear", "symlog", "row"))
+    # The weak heads (0.01 and 0.004 against a 0.002 background) are told apart far more on
+    # symlog / row than on linear, where the 0.5 head takes the whole range.
+    def gap(c: np.ndarray) -> float:
+        return float(np.abs(c[2, 1] - c[0, 3]).sum() + np.abs(c[3, 2] - c[0, 3]).sum())
+    assert gap(sym) > 5 * gap(lin) and gap(row) > 5 * gap(lin)
+    monkeypatch.setenv(report.HEATMAP_SCALE_ENV, "symlog")
+    assert report.heatmap_scale() == "symlog"
+    monkeypatch.setenv(report.HEATMAP_SCALE_ENV, "cubic")
+    from vseam_run.errors import VseamError
+
+    with pytest.raises(VseamError, match="cubic"):
+        report.heatmap_scale()
+
+
+def test_report_opens_with_the_finding(tmp_path: Path) -> None:
+    db, rid = _run_with_figures(tmp_path)
+    with RunStore(db) as store:
+        store.put_document(rid, "modulation", {"policy": "linear", "lambda": 1.0})
+        store.put_document(rid, "ablation", {"results": {"positive": {"accuracy_drop": 0.4}, "random": {"accuracy_drop": [0.0, 0.02]}}})
+        page = build_report(store, rid)
+    body = page.split("<body", 1)[1]
+    order = [body.index(f"id='{s}'") for s in SECTIONS]
+    assert order == sorted(order) and SECTIONS[0] == "summary" and SECTIONS[-1] == "spec"
+    finding = body.split("id='summary'")[1].split("<section")[0]
+    assert re.search(r"0\.50* → 0\.550*", finding) and re.search(r"95% CI of the difference \[0, 0\.10*\]", finding), finding
+    assert "lambda = 1" in finding and "strongest positive heads" in finding and "class='bar" in finding
+    assert "<details>" in body.split("id='spec'")[1]  # the spec is collapsed, at the end
+    assert "<p id='vseam-check' hidden>" in page  # the load check is not for readers
+    assert ">eval.test.summary<" not in page and "Held-out test: baseline vs modulated" in page
+    metrics = body.split("id='metrics'")[1].split("<section")[0]
+    assert "<h3>Baseline</h3>" in metrics
+
+
+def test_first_order_estimates_are_marked(tmp_path: Path, capsys) -> None:
+    db, rid = _run_with_figures(tmp_path)
+    with RunStore(db) as store:
+        heads = store.documents(rid)["heads"]
+        store.put_document(rid, "heads", {**heads, "strategy": "attribution"})
+        page = build_report(store, rid)
+    assert "first-order estimate" in page and "≈" in page.split("id='summary'")[1].split("<section")[0]
+    assert cli(["show", rid, "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "first-order estimate" in out and "≈" in out
+    with RunStore(db) as store:
+        store.put_document(rid, "heads", {**heads, "strategy": "exact"})
+        page = build_report(store, rid)
+    assert "first-order" not in page
+
+
+def test_show_of_an_interrupted_run_says_how_many_search_layers_are_stored(tmp_path: Path, capsys) -> None:
+    db = str(tmp_path / "runs.db")
+    with RunStore(db) as store:
+        rid = store.create_run(name="cut", spec_yaml="name: cut\n", spec_hash="h", model_name="toy-llava", seed=0)
+        for layer in (0, 1, 2):
+            store.save_checkpoint(rid, "search@fp1", f"exact:{layer}", [[0.0]])
+        store.save_checkpoint(rid, "ledger", "baseline", {"x": 1})
+        store.set_status(rid, "interrupted")
+    assert cli(["show", rid, "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert "search: 3 layers (exact: 0, 1, 2) stored" in out and f"vseam run --resume {rid}" in out

@@ -139,7 +139,8 @@ def dataset_problems(spec: Spec) -> list[str]:
             continue
         try:
             check_question_files(d.source, Path(d.path), Path(d.images) if d.images else None,
-                                 level=d.level, categories=d.categories)
+                                 level=d.level, categories=d.categories, on_missing_image=d.on_missing_image,
+                                 category_from=getattr(d, "category_from", "program"))
         except VseamError as e:
             problems.append(f"{prefix}: {e}")
     return problems

@@ -21,7 +21,8 @@ import yaml
 from vseam_run import fmt
 from vseam_run.store import RunStore
 
-SECTIONS = ("summary", "spec", "environment", "metrics", "top-heads", "figures", "edits", "evaluation")
+#: In reading order: the finding first, then what shows it, then the details; the spec last, collapsed.
+SECTIONS = ("summary", "figures", "top-heads", "evaluation", "edits", "metrics", "environment", "spec")
 _IMAGE_TYPES = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
 
 _CSS = """
@@ -31,7 +32,9 @@ table{border-collapse:collapse;margin:.5em 0;font-size:.9em} td,th{border:1px so
 td.n{text-align:right;font-variant-numeric:tabular-nums} th{background:#f4f4f4}
 pre{background:#f7f7f7;padding:.8em;overflow:auto;font-size:.85em}
 figure{margin:1em 0} figure img{max-width:100%;border:1px solid #eee} figcaption{font-size:.85em;color:#555}
-.muted{color:#777} #vseam-check{font-size:.75em;color:#999}
+.muted{color:#777} .finding{font-size:1.15em} .note{background:#fff7e0;border-left:3px solid #e0a800;padding:.3em .6em}
+.bar{display:inline-block;height:.8em;background:#2c7bb6;vertical-align:middle} .bar.neg{background:#d7191c}
+.bar.rnd{background:#999} details summary{cursor:pointer;color:#555}
 """
 
 _CHECK_JS = """
@@ -75,14 +78,22 @@ def _figure(path: Path, caption: str) -> str:
     return f"<figure><img src='{uri}' alt='{_e(caption)}'><figcaption>{_e(caption)} — {_e(path.name)}</figcaption></figure>"
 
 
+def _words(kind: str) -> str:
+    """An artifact kind in words: heatmap.positive → "heatmap, positive"."""
+    return kind.replace("_", " ").replace(".", ", ")
+
+
 def _is_image(path: str) -> bool:
     return Path(path).suffix.lower() in (".png", ".jpg", ".jpeg", ".svg")
 
 
 def _top_heads(heads: dict[str, Any] | None, unc: dict[str, Any] | None) -> str:
+    from vseam_run.estimates import ESTIMATE_MARK, head_scores_estimated
+
     if not heads:
         return "<p class='muted'>this run has no head search</p>"
     parts = []
+    score_col = f"score ({ESTIMATE_MARK} first-order estimate)" if head_scores_estimated(heads) else "score"
     for kind in ("positive", "negative"):
         rows = []
         for l, h, score in heads.get("top", {}).get(kind, []):
@@ -92,7 +103,7 @@ def _top_heads(heads: dict[str, Any] | None, unc: dict[str, Any] | None) -> str:
                 stab = unc["top_k_stability"][kind][l][h]
             rows.append([fmt.head(l, h), fmt.num(score), "—" if lo is None else f"[{fmt.num(lo)}, {fmt.num(hi)}]",
                          "—" if stab is None else f"{stab:.0%}"])
-        parts.append(f"<h3>top {kind} heads</h3>" + (_table(["head", "score", "95% interval", "top-k stability"], rows, {1, 2, 3})
+        parts.append(f"<h3>top {kind} heads</h3>" + (_table(["head", score_col, "95% interval", "top-k stability"], rows, {1, 2, 3})
                                                      if rows else "<p class='muted'>none</p>"))
     counts = heads.get("counts", {})
     if counts:
@@ -108,7 +119,7 @@ def _evaluation(documents: dict[str, Any]) -> str:
         if key.endswith(".summary") and isinstance(rows, list) and rows and isinstance(rows[0], dict):
             cols = list(dict.fromkeys(c for r in rows for c in r))
             body = [[_cell(r.get(c)) for c in cols] for r in rows]
-            parts.append(f"<h3>{_e(key)}</h3>" + _table(cols, body, {i for i, c in enumerate(cols) if c not in ("dataset", "category")}))
+            parts.append(f"<h3>{_e(doc_heading(key))}</h3>" + _table(cols, body, {i for i, c in enumerate(cols) if c not in ("dataset", "category")}))
     lam = documents.get("lambda_selection")
     if isinstance(lam, list) and lam:
         parts.append("<h3>λ selection (validation)</h3>" + _table(["λ", "val accuracy"], [[f"{p['lam']:g}", fmt.num(p["val_accuracy"])] for p in lam], {0, 1}))
@@ -131,6 +142,81 @@ def _cell(v: Any) -> str:
     return "—" if v is None else str(v)
 
 
+#: Metric prefixes (the stage that recorded them) in words, in pipeline order.
+_STAGE_WORDS = {"data": "Data", "baseline": "Baseline", "edit": "Counterfactual edits", "trace": "Causal tracing",
+                "search": "Head search", "modulation": "Modulation", "eval": "Evaluation", "ablation": "Ablation"}  # fmt: skip
+
+
+def doc_heading(key: str) -> str:
+    """A document key in words: eval.test.summary → "Held-out test: baseline vs modulated"."""
+    parts = key.split(".")
+    if len(parts) == 3 and parts[0] == "eval" and parts[2] == "summary":
+        where = {"test": "Held-out test", "search": "In-sample (the search split the heads were scored on)",
+                 "val": "Validation split"}.get(parts[1], f"Dataset '{parts[1]}'")
+        return f"{where}: baseline vs modulated"
+    return key.replace(".", " ").replace("_", " ").capitalize()
+
+
+def _finding(run: Any, docs: dict[str, Any]) -> str:
+    """The run's result in a few lines: accuracy baseline → modulated with its interval, the
+    chosen λ / K, the strongest heads with their intervals, the ablation as bars."""
+    from vseam_run.estimates import ESTIMATE_MARK, estimate_notes, head_scores_estimated
+
+    out = []
+    summary = docs.get("eval.test.summary") or next((v for k, v in docs.items() if k.startswith("eval.") and k.endswith(".summary")), None)
+    if isinstance(summary, list) and summary and isinstance(summary[-1], dict):
+        row = next((r for r in summary if r.get("category") == "all"), summary[-1])
+        ci = next((v for k, v in row.items() if "CI" in k), None)
+        ci_text = f", 95% CI of the difference [{fmt.num(ci[0])}, {fmt.num(ci[1])}]" if isinstance(ci, list) and len(ci) >= 2 else ""
+        p = row.get("McNemar p")
+        out.append(f"<p class='finding'>{_e(row.get('dataset', 'evaluation'))} accuracy <b>{fmt.num(row.get('baseline'))} → "
+                   f"{fmt.num(row.get('modulated'))}</b> with modulation (n = {_e(row.get('n'))}{_e(ci_text)}"
+                   + (f"; McNemar p = {fmt.num(p)}" if p is not None else "") + ")</p>")
+    mod = docs.get("modulation")
+    if isinstance(mod, dict) and mod.get("policy"):
+        chosen = ", ".join(f"{k} = {fmt.num(mod[k])}" for k in ("lambda", "k", "alpha", "beta") if isinstance(mod.get(k), (int, float)))
+        out.append(f"<p>modulation policy <b>{_e(mod['policy'])}</b>" + (f", chosen {_e(chosen)}" if chosen else "")
+                   + (f" (λ picked on the validation split)" if docs.get("lambda_selection") else "") + "</p>")
+    heads, unc = docs.get("heads"), docs.get("heads.uncertainty")
+    if heads and heads.get("top"):
+        mark = ESTIMATE_MARK if head_scores_estimated(heads) else ""
+        for kind in ("positive", "negative"):
+            items = []
+            for l, h, score in heads["top"].get(kind, [])[:3]:
+                ci = f" [{fmt.num(unc['low'][kind][l][h])}, {fmt.num(unc['high'][kind][l][h])}]" if unc else ""
+                items.append(f"{fmt.head(l, h)} {mark}{fmt.num(score)}{ci}")
+            if items:
+                out.append(f"<p>strongest {kind} heads: {_e('; '.join(items))}</p>")
+    for note in estimate_notes(heads, run.spec()):
+        out.append(f"<p class='note'>{_e(note)}</p>")
+    ab = docs.get("ablation")
+    if isinstance(ab, dict) and ab.get("results"):
+        vals = {}
+        for name, res in ab["results"].items():
+            v = res.get("accuracy_drop")
+            vals[name] = sum(v) / len(v) if isinstance(v, list) and v else v
+        top = max((abs(v) for v in vals.values() if isinstance(v, (int, float))), default=0) or 1.0
+        rows = []
+        for name, v in vals.items():
+            if not isinstance(v, (int, float)):
+                continue
+            cls = {"negative": " neg", "random": " rnd"}.get(name, "")
+            rows.append(f"<tr><td>{_e(name)} heads</td><td class='n'>{fmt.num(v)}</td>"
+                        f"<td><span class='bar{cls}' style='width:{max(1, round(200 * abs(v) / top))}px'></span></td></tr>")
+        if rows:
+            out.append("<p>accuracy drop when the heads are ablated:</p><table><tbody>" + "".join(rows) + "</tbody></table>")
+    out.append(f"<p class='muted'>status {_e(run.status)}; model {_e(run.model_name)}; seed {_e(run.seed)}</p>")
+    return "".join(out)
+
+
+def _metrics_by_stage(run: Any) -> str:
+    groups: dict[str, list[list[str]]] = {}
+    for n in sorted(run.metrics):
+        groups.setdefault(n.split(".", 1)[0], []).append([n, fmt.num(run.metric(n))])
+    order = sorted(groups, key=lambda g: (list(_STAGE_WORDS).index(g) if g in _STAGE_WORDS else len(_STAGE_WORDS), g))
+    return "".join(f"<h3>{_e(_STAGE_WORDS.get(g, g.capitalize()))}</h3>" + _table(["metric", "value"], groups[g], {1}) for g in order)
+
+
 def build_report(store: RunStore, run_id: str) -> str:
     """The page as a string."""
     from vseam_run.store.labels import labels
@@ -147,7 +233,7 @@ def build_report(store: RunStore, run_id: str) -> str:
     images = [a for a in run.artifacts if _is_image(a.path)]
     sheets = [a for a in images if a.kind.startswith("edits")]
     figures = [a for a in images if a not in sheets]
-    summary = [f"<p>status <b>{_e(run.status)}</b>; model {_e(run.model_name)}; seed {_e(run.seed)}</p>"]
+    summary = [_finding(run, docs)]
     if labs.tags:
         summary.append(f"<p>tags: {_e(', '.join(labs.tags))}</p>")
     if labs.sweeps:
@@ -155,21 +241,23 @@ def build_report(store: RunStore, run_id: str) -> str:
     summary += [f"<p>note: {_e(n)}</p>" for n in labs.notes]
     if run.error_message:
         summary.append(f"<p style='color:#b00'>error: {_e(run.error_message)}</p>")
+    spec_text = _e(yaml.safe_dump(run.spec(), sort_keys=False, allow_unicode=True))
     sections = {
-        "summary": ("Summary", "".join(summary)),
-        "spec": ("Spec", f"<pre>{_e(yaml.safe_dump(run.spec(), sort_keys=False, allow_unicode=True))}</pre>"),
-        "environment": ("Environment", _table(["field", "value"], env_rows)),
-        "metrics": ("Metrics", _table(["metric", "value"], metric_rows, {1}) if metric_rows else "<p class='muted'>none</p>"),
+        "summary": ("Finding", "".join(summary)),
+        "figures": ("Figures", "".join(_figure(Path(a.path), _words(a.kind)) for a in figures) or "<p class='muted'>no figures</p>"),
         "top-heads": ("Top heads", _top_heads(docs.get("heads"), docs.get("heads.uncertainty"))),
-        "figures": ("Figures", "".join(_figure(Path(a.path), a.kind) for a in figures) or "<p class='muted'>no figures</p>"),
-        "edits": ("Counterfactual edits", "".join(_figure(Path(a.path), a.kind) for a in sheets)
-                  or "<p class='muted'>no edit contact sheet in this run</p>"),
         "evaluation": ("Evaluation", _evaluation(docs)),
+        "edits": ("Counterfactual edits", "".join(_figure(Path(a.path), _words(a.kind)) for a in sheets)
+                  or "<p class='muted'>no edit contact sheet in this run</p>"),
+        "metrics": ("Metrics, by stage", _metrics_by_stage(run) if metric_rows else "<p class='muted'>none</p>"),
+        "environment": ("Environment", _table(["field", "value"], env_rows)),
+        "spec": ("Spec", f"<details><summary>the resolved spec (YAML)</summary><pre>{spec_text}</pre></details>"),
     }
     body = "".join(f"<section id='{sid}'><h2>{_e(head)}</h2>{content}</section>" for sid, (head, content) in sections.items())
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{_e(title)}</title><style>{_CSS}</style></head>"
         f"<body data-sections='{_e(json.dumps(list(SECTIONS)))}'><h1>{_e(title)}</h1>{body}"
-        f"<p id='vseam-check'></p><script>{_CHECK_JS}</script></body></html>"
+        # The load check is for tests and tools reading the DOM, not for readers: hidden.
+        f"<p id='vseam-check' hidden></p><script>{_CHECK_JS}</script></body></html>"
     )

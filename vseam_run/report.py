@@ -41,6 +41,11 @@ __all__ = [
 DPI = 150
 # Extra vector formats written next to every PNG, e.g. VSEAM_FIGURE_FORMATS=svg,pdf.
 FIGURE_FORMATS_ENV = "VSEAM_FIGURE_FORMATS"
+#: How head heatmaps map scores to colours: linear (default), symlog (a symmetric log scale: the
+#: weaker heads stay visible next to one or two strong ones) or row (each layer divided by its
+#: largest |score|: where in each layer the effect sits).
+HEATMAP_SCALE_ENV = "VSEAM_HEATMAP_SCALE"
+HEATMAP_SCALES = ("linear", "symlog", "row")
 _VECTOR_FORMATS = ("svg", "pdf")
 # Up to this many layers/heads every index gets a tick label; beyond it labels would
 # overlap, so a tick is put every few indices instead.
@@ -78,6 +83,18 @@ def figure_formats() -> list[str]:
         raise VseamError(f"{FIGURE_FORMATS_ENV}: unknown figure format(s) {', '.join(bad)}",
                          hint=f"use a comma-separated list of {', '.join(_VECTOR_FORMATS)}")
     return [f for f in asked if f != "png"]
+
+
+def heatmap_scale() -> str:
+    """The colour scale asked for in VSEAM_HEATMAP_SCALE (linear when unset)."""
+    import os
+
+    from vseam_run.errors import VseamError
+
+    scale = os.environ.get(HEATMAP_SCALE_ENV, "").strip().lower() or "linear"
+    if scale not in HEATMAP_SCALES:
+        raise VseamError(f"{HEATMAP_SCALE_ENV}: unknown heatmap scale '{scale}'", hint=f"use one of {', '.join(HEATMAP_SCALES)}")
+    return scale
 
 
 def companions(path: str | Path) -> list[Path]:
@@ -128,6 +145,7 @@ def head_heatmap(
     top: Iterable[Sequence[int]] | None = None,
     significant: Any = None,
     limits: tuple[float, float] | None = None,
+    scale: str | None = None,
 ) -> Path:
     """Draw a ``[layers, heads]`` score matrix as a heatmap.
 
@@ -135,28 +153,55 @@ def head_heatmap(
     axis says so. ``counts`` is a subtitle naming what the scores average over, e.g.
     ``"n = 37 correct questions"``. ``center=True`` is for signed matrices: a diverging
     colour map with limits ±max|score|, so 0 is the neutral middle colour. NaN entries
-    (heads not searched) are drawn grey.
+    (heads not searched) are drawn grey. ``scale`` (default: VSEAM_HEATMAP_SCALE, else linear):
+    ``symlog`` draws on a symmetric log scale (linear within 1 % of the largest |score|), so one or
+    two strong heads do not wash out the rest; ``row`` divides each layer by its largest |score|.
     """
     m = _check_matrix(matrix)
+    scale = scale or heatmap_scale()
+    if scale not in HEATMAP_SCALES:
+        raise ValueError(f"head_heatmap: scale must be one of {HEATMAP_SCALES}, got {scale!r}")
+    norm, note = None, ""
+    if scale == "row":
+        peak = np.nanmax(np.abs(m), axis=1, keepdims=True) if np.isfinite(m).any() else np.ones((m.shape[0], 1))
+        m = np.divide(m, peak, out=np.zeros_like(m), where=np.nan_to_num(peak) > 0) + np.where(np.isnan(m), np.nan, 0)
+        note = "colour: each layer ÷ its largest |score|"
+        limits = (-1.0, 1.0) if center else (0.0, 1.0)
     layers, heads = m.shape
     vmin, vmax = limits if limits is not None else colour_limits([m], center)
+    if scale == "symlog":
+        from matplotlib.colors import SymLogNorm
+
+        bound = max(abs(vmin), abs(vmax))
+        norm = SymLogNorm(linthresh=bound / 100 if bound > 0 else 1e-6, vmin=vmin, vmax=vmax, base=10)
+        note = "colour: symmetric log scale"
     width = float(np.clip(3.0 + 0.3 * heads, 5.0, 16.0))
     fig = _new_figure(width, float(np.clip(2.0 + 0.25 * layers, 3.5, 12.0)))
     ax = fig.add_subplot()
-    image = _draw_heads(ax, m, vmin, vmax, cmap or ("RdBu_r" if center else "viridis"), top, significant)
+    image = _draw_heads(ax, m, vmin, vmax, cmap or ("RdBu_r" if center else "viridis"), top, significant, norm=norm)
     fig.suptitle(_wrap(title, width, 10), fontsize=10)
-    subtitle = "; ".join(x for x in (counts, _marks_legend(top, significant)) if x)
+    subtitle = "; ".join(x for x in (counts, note, _marks_legend(top, significant)) if x)
     if subtitle:
         ax.set_title(_wrap(subtitle, width, 8), fontsize=8, color="#444444")
-    fig.colorbar(image, ax=ax, label=cbar_label)
+    # Wrapped to the figure height: a long label ran off the bottom ("nean ReLU(...)").
+    fig.colorbar(image, ax=ax, label=_wrap(cbar_label, float(fig.get_size_inches()[1]), 10))
     return _save(fig, path)
 
 
+def _suptitle(fig: Figure, text: str, fontsize: float = 12) -> None:
+    """A figure title wrapped to the figure's width: a title wider than the figure is clipped at
+    both ends ("alidation accuracy vs λ"), since constrained layout does not shrink for it."""
+    width = float(fig.get_size_inches()[0])
+    fig.suptitle(_wrap(text, width, fontsize), fontsize=fontsize)
+
+
 def _wrap(text: str, width_in: float, fontsize: float) -> str:
-    """Break a title into lines that fit a figure `width_in` inches wide (≈ 0.55 em per character)."""
+    """Break a title into lines that fit a figure `width_in` inches wide: ≈ 0.6 em per character
+    (DejaVu Sans averages about 0.55; the margin keeps a wide line from losing its last letter),
+    less a small margin on each side."""
     import textwrap
 
-    chars = max(20, int(width_in * 72 / (0.55 * fontsize)))
+    chars = max(20, int((width_in - 0.3) * 72 / (0.62 * fontsize)))
     return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
 
 
@@ -192,15 +237,15 @@ def _marks_legend(top: Any, significant: Any) -> str:
     return "  ".join(parts)
 
 
-def _draw_heads(ax: Any, m: np.ndarray, vmin: float, vmax: float, cmap: str, top: Any, significant: Any) -> Any:
+def _draw_heads(ax: Any, m: np.ndarray, vmin: float, vmax: float, cmap: str, top: Any, significant: Any, norm: Any = None) -> Any:
     """One heatmap on `ax`: layer 0 at the bottom, top-k heads boxed, significant heads dotted."""
     import matplotlib as mpl
     from matplotlib.patches import Rectangle
 
     layers, heads = m.shape
     colours = mpl.colormaps[cmap].with_extremes(bad="#d9d9d9")
-    image = ax.imshow(np.ma.masked_invalid(m), cmap=colours, vmin=vmin, vmax=vmax, origin="lower", aspect="auto",
-                      interpolation="nearest")
+    limits = {"norm": norm} if norm is not None else {"vmin": vmin, "vmax": vmax}
+    image = ax.imshow(np.ma.masked_invalid(m), cmap=colours, origin="lower", aspect="auto", interpolation="nearest", **limits)
     for l, h in (tuple(int(v) for v in t[:2]) for t in (top or [])):
         ax.add_patch(Rectangle((h - 0.5, l - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.6))
         ax.add_patch(Rectangle((h - 0.42, l - 0.42), 0.84, 0.84, fill=False, edgecolor="white", linewidth=0.8))
@@ -249,7 +294,7 @@ def heatmap_grid(
             if c:
                 axes[r][c].set_ylabel("")
         fig.colorbar(image, ax=list(axes[r]), label=label, shrink=0.9)
-    fig.suptitle(title + ("  (□ top-k)" if tops is not None else ""))
+    _suptitle(fig, title + ("  (□ top-k)" if tops is not None else ""))
     return _save(fig, path)
 
 
@@ -323,7 +368,7 @@ def ablation_bar_chart(
     ax.set_xlabel("ablated heads")
     ax.set_ylabel(label)
     ax.margins(y=0.15)  # room for the value labels above the bars
-    fig.suptitle(title or f"Head ablation: {label}")
+    _suptitle(fig, title or f"Head ablation: {label}")
     return _save(fig, path)
 
 
@@ -397,7 +442,7 @@ def lambda_curve(
     ax.set_ylabel("validation accuracy")
     ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
-    fig.suptitle(title)
+    _suptitle(fig, title)
     return _save(fig, path)
 
 
@@ -500,7 +545,7 @@ def edit_contact_sheet(rows: Sequence[tuple[Any, Any, Any, str]], path: str | Pa
             if r == 0:
                 ax.set_title(label, fontsize=9)
         axes[r][0].set_ylabel(caption, fontsize=7, rotation=0, ha="right", va="center")
-    fig.suptitle(title, fontsize=10)
+    _suptitle(fig, title, fontsize=10)
     return _save(fig, path)
 
 
@@ -550,7 +595,7 @@ def trace_heatmap(
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("position group")
     axes[0].set_ylabel("layer (0 = bottom)")
-    fig.suptitle(title + (f"\n{counts}" if counts else ""), fontsize=10)
+    _suptitle(fig, title + (f"\n{counts}" if counts else ""), fontsize=10)
     fig.colorbar(image, ax=list(axes), label=cbar_label)
     return _save(fig, path)
 
@@ -578,7 +623,7 @@ def logit_lens_plot(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]
     for ax in (ax_p, ax_r):
         ax.grid(alpha=0.3)
     ax_p.legend(fontsize=7, loc="best")
-    fig.suptitle(title)
+    _suptitle(fig, title)
     return _save(fig, path)
 
 
@@ -652,5 +697,5 @@ def overlap_figure(
     ax.set_title("within vs across (-- random sets)", fontsize=9)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3, axis="y")
-    fig.suptitle(title, fontsize=10)
+    _suptitle(fig, title, fontsize=10)
     return _save(fig, path)

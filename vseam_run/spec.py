@@ -397,6 +397,7 @@ class ExtraDataSpec(_Strict):
     limit: int | None = Field(None, ge=1)
     on_missing_image: Literal["error", "skip"] = "error"
     toyworld: ToyWorldSpec = Field(default_factory=ToyWorldSpec)
+    category_from: Literal["program", "file"] = Field("program", description="As data.category_from: GQA categories from the semantic program or the file name.")
 
     @model_validator(mode="after")
     def _path_needed(self) -> "ExtraDataSpec":
@@ -501,7 +502,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
     errors = []
     for item in overrides:
         if "=" not in item:
-            errors.append(f"--set {item}: expected key.path=value")
+            errors.append(f"--set {item}: expected key=value (e.g. --set {item.strip() or 'seed'}=1)")
             continue
         key, raw = item.split("=", 1)
         try:
@@ -551,7 +552,7 @@ def data_file_problems(spec: Spec) -> list[str]:
         if d.source == "toyworld":
             continue
         if d.path is None or not Path(d.path).exists():
-            errors.append(f"{prefix}.path: question file not found: {d.path} (download the dataset and point data.path at it)")
+            errors.append(f"{prefix}.path: question file not found: {d.path} (download the dataset and point {prefix}.path at it)")
         if d.images is not None and not Path(d.images).is_dir():
             errors.append(f"{prefix}.images: image folder not found: {d.images}")
     return errors
@@ -573,8 +574,11 @@ def validate_doc(doc: LoadedYaml, source: str, overrides: list[str]) -> Spec:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as e:
-        # Report an unknown model together with the other errors, not after they are fixed.
-        raise SpecError(source, format_validation_error(e, doc, Spec) + _semantic_checks(data.get("model"))) from None
+        # Report an unknown model together with the other errors, not after they are fixed. A
+        # field set by --set is named by its override, not by the YAML line it replaced.
+        set_by = {item.split("=", 1)[0].strip(): item for item in overrides if "=" in item}
+        errors = format_validation_error(e, doc, Spec, overrides=set_by)
+        raise SpecError(source, errors + _semantic_checks(data.get("model"))) from None
     errors = _semantic_checks(spec.model)
     if errors:
         raise SpecError(source, errors)

@@ -76,13 +76,17 @@ def parse_yaml(text: str, source: str) -> LoadedYaml:
     return LoadedYaml(data, loader.key_lines)
 
 
-def format_validation_error(err: ValidationError, doc: LoadedYaml | None, model_fields: Any = None) -> list[str]:
+def format_validation_error(err: ValidationError, doc: LoadedYaml | None, model_fields: Any = None,
+                            overrides: dict[str, str] | None = None) -> list[str]:
     """One `field.path: message (line N)` string per field, with a close-match hint for unknown keys.
 
     Locations are given as the user wrote them: pydantic's union-member steps (a discriminated
     union's tag such as `linear`, or `float` / `literal['auto']` for `float | "auto"`) are dropped,
-    and the alternatives' messages for one field are joined into one line.
+    and the alternatives' messages for one field are joined into one line. `overrides` (dotted key
+    → the `--set` item) names the override for a field it set, instead of a YAML line. An unknown
+    tag of a discriminated union (`policy: nope`) reads as the valid values in words.
     """
+    overrides = overrides or {}
     by_path: dict[str, list[str]] = {}
     lines: dict[str, int | None] = {}
     for e in err.errors():
@@ -90,6 +94,14 @@ def format_validation_error(err: ValidationError, doc: LoadedYaml | None, model_
         loc, _ = _user_loc(model_fields, raw)
         path = ".".join(str(p) for p in loc)
         msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "union_tag_invalid":
+            ctx = e.get("ctx") or {}
+            tag_field = str(ctx.get("discriminator", "")).strip("'\"")
+            loc = (*loc, tag_field) if tag_field else loc
+            path = ".".join(str(p) for p in loc)
+            valid = [t.strip().strip("'\"") for t in str(ctx.get("expected_tags", "")).split(",") if t.strip()]
+            words = ", ".join(valid[:-1]) + (f" or {valid[-1]}" if len(valid) > 1 else "".join(valid))
+            msg = f"unknown {tag_field or 'kind'} '{ctx.get('tag')}'; use {words}"
         if e["type"] == "extra_forbidden" and model_fields is not None:
             allowed = sorted({f for m in _user_loc(model_fields, raw[:-1])[1] for f in m.model_fields})
             close = difflib.get_close_matches(str(loc[-1]), allowed, n=1) if loc else []
@@ -100,7 +112,16 @@ def format_validation_error(err: ValidationError, doc: LoadedYaml | None, model_
         if msg not in by_path.setdefault(key, []):
             by_path[key].append(msg)
         lines.setdefault(key, doc.line_of(loc) if doc is not None else None)
-    return [f"{key}: {'; or '.join(msgs)}" + (f" (line {lines[key]})" if lines[key] else "") for key, msgs in by_path.items()]
+    where = {key: _override_of(key, overrides) or (f"line {lines[key]}" if lines[key] else "") for key in by_path}
+    return [f"{key}: {'; or '.join(msgs)}" + (f" ({where[key]})" if where[key] else "") for key, msgs in by_path.items()]
+
+
+def _override_of(key: str, overrides: dict[str, str]) -> str:
+    """`from --set a.b=v` when an override set this field or a section holding it."""
+    for k, item in overrides.items():
+        if key == k or key.startswith(k + ".") or k.startswith(key + "."):
+            return f"from --set {item}"
+    return ""
 
 
 def _models_in(annotation: Any) -> list[type]:

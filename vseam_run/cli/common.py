@@ -48,3 +48,17 @@ def print_json(obj: Any) -> None:
 def print_json_with_figure(obj: dict[str, Any], figure: Any) -> None:
     """A command's JSON result with the path of the figure it wrote (null when none)."""
     print_json({**obj, "figure": None if figure is None else str(figure)})
+
+
+def set_option_problem(argv: list[str]) -> str | None:
+    """`--set seed 1` (a space for the `=`): click would take `seed` as the value and complain
+    about an unexpected extra argument `1`; say what is wrong with the override instead."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        value = argv[i + 1] if arg == "--set" and i + 1 < len(argv) else (arg[6:] if arg.startswith("--set=") else None)
+        if value is not None and "=" not in value and not value.startswith("-"):
+            nxt = argv[i + 2] if arg == "--set" and i + 2 < len(argv) else ""
+            example = f"--set {value}={nxt}" if nxt and not nxt.startswith("-") else f"--set {value}=VALUE"
+            return f"--set {value}: expected key=value (e.g. {example})"
+    return None

@@ -104,7 +104,10 @@ def run_app(typer_app: typer.Typer, argv: list[str] | None) -> int:
         # than through typer's main(), which turns a Ctrl-C into a silent exit code 130 and
         # formats errors itself; here every ending reaches the handlers below.
         command = typer.main.get_command(typer_app)
-        with command.make_context("vseam", list(sys.argv[1:] if argv is None else argv)) as ctx:
+        args = list(sys.argv[1:] if argv is None else argv)
+        if (problem := common.set_option_problem(args)) is not None:
+            raise VseamError(problem)
+        with command.make_context("vseam", args) as ctx:
             rv = command.invoke(ctx)
     except VseamError as e:
         # The message is plain text: a path like data/[old]/q.json must not be read as markup.

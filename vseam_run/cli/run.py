@@ -56,6 +56,9 @@ def run(
         # The spec is read and checked (everything short of loading the model) before the
         # registry is opened, so a rejected spec leaves no registry file behind.
         spec_obj = load_spec(resolve_spec(spec), overrides)
+        from vseam_run.cli.validate import warn_ignored
+
+        warn_ignored(spec_obj)
         pipeline.preflight(spec_obj)
         store = RunStore(db)
         run_id = None

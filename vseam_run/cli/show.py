@@ -44,6 +44,15 @@ def show(run: RunArgument, db: DbOption = DEFAULT_DB, json_: JsonOption = False)
     heads = _top_heads_table(documents.get("heads"), documents.get("heads.uncertainty"))
     if heads is not None:
         out.print(heads)
+    from vseam_run.estimates import estimate_notes
+
+    for note in estimate_notes(documents.get("heads"), record.spec()):
+        out.print(Text(note, style="yellow"))
+    if record.status != "succeeded":
+        with open_registry(db) as store:
+            stored = stored_search_layers(store.checkpoint_keys(record.id))
+        if stored:
+            out.print(f"search: {stored} stored; `vseam run --resume {record.id}` continues from there", highlight=False, markup=False)
     if record.metrics:
         out.print(_metrics_table(record))
     if stages:
@@ -166,13 +175,33 @@ def _print_labels(run_id: str, db: str) -> None:
         out.print("note: " + n, highlight=False, markup=False)
 
 
+def stored_search_layers(keys: dict[str, list[str]]) -> str:
+    """What an unfinished run's head search has stored: "3 layers (exact)", or "" for none.
+    The search saves one checkpoint per finished layer, keyed `<pass>:<layer>` under the stage
+    `search@<fingerprint>`."""
+    passes: dict[str, set[int]] = {}
+    for stage, ks in keys.items():
+        if not stage.startswith("search@"):
+            continue
+        for k in ks:
+            name, _, layer = k.rpartition(":")
+            if layer.isdigit():
+                passes.setdefault(name, set()).add(int(layer))
+    return "; ".join(f"{len(ls)} layer{'s' if len(ls) != 1 else ''} ({name}: {', '.join(map(str, sorted(ls)))})"
+                     for name, ls in passes.items())
+
+
 def _top_heads_table(heads: dict | None, unc: dict | None) -> Table | None:
     """Top positive and negative heads as `L3.H4 0.048`, with 95% intervals and top-k stability."""
     from vseam_run import fmt
 
     if not heads or "top" not in heads:
         return None
-    table = Table(title="top heads", title_justify="left", header_style="bold")
+    from vseam_run.estimates import ESTIMATE_MARK, head_scores_estimated
+
+    mark = ESTIMATE_MARK if head_scores_estimated(heads) else ""
+    title = "top heads" + (f" ({ESTIMATE_MARK} first-order estimates)" if mark else "")
+    table = Table(title=title, title_justify="left", header_style="bold")
     for col in ("#", "positive", "interval", "stable", "negative", "interval ", "stable "):
         table.add_column(col.strip(), justify="right" if col in ("#",) else "left")
     pos, neg = heads["top"].get("positive", []), heads["top"].get("negative", [])
@@ -182,9 +211,9 @@ def _top_heads_table(heads: dict | None, unc: dict | None) -> Table | None:
             return ["", "", ""]
         l, h, score = entry
         if not unc:
-            return [f"{fmt.head(l, h)} {fmt.num(score, 2)}", "", ""]
+            return [f"{fmt.head(l, h)} {mark}{fmt.num(score, 2)}", "", ""]
         lo, hi = unc["low"][kind][l][h], unc["high"][kind][l][h]
-        return [f"{fmt.head(l, h)} {fmt.num(score, 2)}", f"[{fmt.num(lo, 2)}, {fmt.num(hi, 2)}]",
+        return [f"{fmt.head(l, h)} {mark}{fmt.num(score, 2)}", f"[{fmt.num(lo, 2)}, {fmt.num(hi, 2)}]",
                 f"{unc['top_k_stability'][kind][l][h]:.0%}"]
 
     for i in range(max(len(pos), len(neg))):

@@ -86,12 +86,21 @@ def _validate_entry(f: Path, entry) -> None:
         console().print(f"[green]ok[/]  {escape(str(f))} (module paths checked on {escape(check.checked_on)})", highlight=False)
 
 
+def warn_ignored(spec) -> None:
+    """Settings the spec gives that the run will not use, one warning line each."""
+    from vseam_run.spec_notes import ignored_settings
+
+    for line in ignored_settings(spec):
+        err_console().print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
+
+
 def _check_spec(path: Path, spec_only: bool) -> None:
     from vseam_run.checks import machine_problems
     from vseam_run.registry import get_entry
     from vseam_run.spec import load_spec
 
     spec = load_spec(path)
+    warn_ignored(spec)
     if spec_only:
         return
     problems = machine_problems(spec, get_entry(spec.model))

@@ -102,14 +102,19 @@ def check_question_files(
     *,
     level: Level | None = None,
     categories: list[str] | None = None,
+    category_from: Literal["program", "file"] = "program",
+    on_missing_image: OnMissingImage = "error",
+    first_images: int = 5,
 ) -> int:
     """Parse a dataset's question files as `load_questions` would, without opening an image,
     and return how many questions its filters keep. Raises the VseamError the load would
     raise: a file that does not parse, whose question type cannot be told, or that has
-    nothing matching the filters. Used before a run starts (checks.py)."""
+    nothing matching the filters (categories taken as `category_from` says, as the load takes
+    them). The first `first_images` kept questions' images must exist (an image folder holding
+    none of them would skip or stop on every question). Used before a run starts (checks.py)."""
     if source == "toyworld":
         raise ValueError("the toy world is generated, not read: there is no file to check")
-    questions, skipped = _read_files(source, path, images, level)
+    questions, skipped = _read_files(source, path, images, level, category_from == "file")
     _check_unique(questions)
     if not questions and skipped:
         raise VseamError(f"{path}: cannot tell the type of any question (first: {skipped[0][0]}: {skipped[0][1]})",
@@ -118,7 +123,27 @@ def check_question_files(
     kept = [q for q in questions if (level is None or q.level == level) and (wanted is None or q.category in wanted)]
     if not kept:
         raise VseamError(_nothing_matches(questions, level, categories, str(path)), hint=_available(questions))
+    _check_first_images(kept[:first_images], images, on_missing_image)
     return len(kept)
+
+
+def _check_first_images(questions: list[Question], images: Path | None, on_missing_image: OnMissingImage) -> None:
+    """Existence only (no image is opened): none of the first questions' images, or (with
+    on_missing_image: error) the first missing one, is a problem found before the run starts."""
+    missing = [q for q in questions if not q.image_path.is_file()]
+    if not missing:
+        return
+    if len(missing) == len(questions):
+        raise VseamError(
+            f"none of the first {len(questions)} questions' images is in {images} (first: {missing[0].image_path.name} "
+            f"for question {missing[0].qid})",
+            hint="point data.images at the folder holding the images named by the questions' imageId",
+        )
+    if on_missing_image == "error":
+        raise VseamError(
+            f"image of question {missing[0].qid} not found: {missing[0].image_path}",
+            hint="add it, or set on_missing_image: skip to skip questions whose image is missing",
+        )
 
 
 def single_answer_groups(questions: list[Question]) -> dict[str, str]:

@@ -76,12 +76,28 @@ def read_json(path: Path) -> Any:
         with path.open(encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
+        if _looks_like_pope(path):
+            raise VseamError(
+                f"{path}: looks like POPE (JSON lines of question_id / image / text / label), not a GQA questions file",
+                hint="evaluate it as its own dataset with source: pope, or move it out of the GQA folder",
+            ) from None
         raise VseamError(
             f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}",
             hint="fix or re-download the file",
         ) from e
     except UnicodeDecodeError as e:
         raise VseamError(f"{path}: not UTF-8 text: {e}", hint="is this the right file?") from e
+
+
+def _looks_like_pope(path: Path) -> bool:
+    """Whether a file's first line is a POPE record (a folder of GQA files may also hold POPE's
+    JSON lines, named .json as POPE releases them)."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            first = json.loads(f.readline())
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(first, dict) and {"image", "text", "label"} <= set(first)
 
 
 #: The original release's per-category files (Animal.json, Color.json, ...) and their levels.

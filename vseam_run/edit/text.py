@@ -6,8 +6,9 @@ picture?", "Is the woman *holding* the skis?"); the semantic program and the obj
 which object it is about, and the scene graph (when present) gives boxes and the actual
 attribute. Rules, by level:
 
-  object     "Is there a <noun>…?" answered yes → swap <noun> for another noun of its category
-             (animal / indoor / vehicle); the edited image should answer no.
+  object     "Is there a <noun>…?" answered yes → swap <noun> for another noun of *its own*
+             category (animal / indoor / vehicle, looked up from the word; not a synonym or
+             sub-type); the edited image should answer no.
   attribute  a color / material: answered yes → another value (edited answer no); answered no →
              the asked value (edited answer yes); "What color is…" → another color (edited answer:
              that color); "Is it A or B?" → the other one.
@@ -64,9 +65,42 @@ SYNONYMS: dict[str, str] = {
 
 #: Values recognised in questions but never drawn as targets (too close to others to check).
 RECOGNISED_ONLY: dict[str, list[str]] = {
-    "color": "tan beige cream silver gold maroon khaki navy turquoise teal dark light blond".split(),
+    "color": "tan beige cream silver gold maroon khaki navy turquoise teal blond".split(),
     "material": "concrete leather cloth paper ceramic porcelain wicker cement steel".split(),
 }
+
+#: Words that shade a colour ("dark blue") but are no colour alone ("Is the hair dark?" has no
+#: definite colour to change; "dark blue" is one value, not "dark" and "blue").
+COLOR_SHADES: tuple[str, ...] = ("dark", "light", "bright", "pale", "deep")
+
+#: Object words of one kind: a synonym or a sub-type of another ("bicycle" / "bike", "cow" /
+#: "calf", "bird" / "parrot") is no object edit, so targets never come from the source's kind.
+SAME_KIND: tuple[frozenset[str], ...] = tuple(frozenset(g.split()) for g in (
+    "bike bicycle", "motorcycle motorbike scooter", "airplane plane jet", "boat ship", "car taxi suv jeep",
+    "cart wagon carriage", "train tram", "truck van ambulance",
+    "cow calf", "dog puppy", "cat kitten", "sheep lamb", "bear panda", "deer antelope",
+    "bird duck goose chicken pigeon seagull parrot owl eagle swan",
+    "table desk counter", "couch sofa armchair ottoman", "chair armchair stool", "refrigerator fridge",
+    "television tv monitor computer laptop", "rug carpet", "shelf shelves bookshelf",
+    "cabinet cupboard drawer dresser nightstand", "curtain curtains",
+))  # fmt: skip
+
+
+def same_kind(a: str, b: str) -> bool:
+    """Whether two object words name the same kind of thing (a synonym, a sub-type, a plural)."""
+    a, b = _singular(a), _singular(b)
+    return a == b or any(a in g and b in g for g in SAME_KIND)
+
+
+def _singular(word: str) -> str:
+    w = _norm(word)
+    if w in OBJECT_CATEGORY or w in ("shelves",):
+        return w
+    for suffix in ("es", "s"):
+        if w.endswith(suffix) and w.removesuffix(suffix) in OBJECT_CATEGORY:
+            return w.removesuffix(suffix)
+    return w
+
 
 #: A spatial relation's opposite.
 SPATIAL_OPPOSITE: dict[str, str] = {
@@ -84,6 +118,34 @@ ACTION_ALTERNATIVE: dict[str, str] = {
     "sitting in": "standing in", "standing in": "sitting in", "walking in": "sitting in",
     "linked to": "not linked to", "not linked to": "linked to",
 }  # fmt: skip
+
+#: Things ridden that are held or carried when not ridden (skis, boards).
+_RIDDEN_HELD = frozenset("skateboard surfboard snowboard skis ski board sled kite".split())
+#: Vehicles small enough to push; a person next to a train or bus instead stands beside it.
+_PUSHED = frozenset("bike bicycle motorcycle motorbike scooter cart wagon stroller".split())
+#: Animals people ride (feeding one ↔ riding it); feeding another animal becomes looking at it.
+_RIDDEN_ANIMALS = frozenset("horse elephant camel donkey pony mule".split())
+
+
+def action_alternative(action: str, obj: str) -> str | None:
+    """Another action that visibly differs *and fits the object acted on*: riding a horse → feeding
+    it, but riding a train → standing next to it, riding a bike → pushing it (issue 24: "riding →
+    feeding" on a train). None when no alternative fits."""
+    noun = _singular(obj.split()[-1]) if obj.split() else ""
+    kind = OBJECT_CATEGORY.get(noun, "other")
+    if action == "riding":
+        if kind == "animal":
+            return "feeding"
+        if noun in _PUSHED:
+            return "pushing"
+        if kind == "vehicle":
+            return "standing next to"
+        return "carrying" if noun in _RIDDEN_HELD else None
+    if action == "feeding":
+        if kind != "animal":
+            return "holding"
+        return "riding" if noun in _RIDDEN_ANIMALS else "looking at"
+    return ACTION_ALTERNATIVE.get(action)
 
 #: The toy world's vocabularies (its shapes, colors, fill textures and relations).
 TOY_VOCABULARIES: dict[str, list[str]] = {
@@ -212,11 +274,24 @@ def _canonical(word: str) -> str:
     return SYNONYMS.get(w, w)
 
 
+def _find_surface(text: str, phrases: Iterable[str]) -> tuple[str, str] | None:
+    """(the words as written, the canonical phrase) of the longest vocabulary phrase, or synonym *of
+    one of these phrases*, occurring as whole words in `text` ("underneath" → under; "bricks" is a
+    material's synonym and no relation)."""
+    phrases = list(phrases)
+    canon = {_canonical(p) for p in phrases}
+    forms = phrases + [k for k, v in SYNONYMS.items() if v in canon]
+    found = [(len(p), p, _canonical(p)) for p in forms if re.search(rf"\b{re.escape(p)}\b", text)]
+    if not found:
+        return None
+    _, surface, canonical = max(found)
+    return surface, canonical
+
+
 def _find_phrase(text: str, phrases: Iterable[str]) -> str | None:
     """The longest vocabulary phrase (or synonym) occurring as whole words in `text`, canonical."""
-    found = [(len(p), _canonical(p)) for p in list(phrases) + list(SYNONYMS)
-             if re.search(rf"\b{re.escape(p)}\b", text)]  # fmt: skip
-    return max(found)[1] if found else None
+    found = _find_surface(text, phrases)
+    return found[1] if found else None
 
 
 def _choose(qid: str, options: list[str], seed: int) -> str:
@@ -283,17 +358,23 @@ class _Planner:
         if not m:
             raise _Skip("object level: only 'Is there a <object>…?' questions get an object swap")
         noun = m.group(1).strip()
-        category = q.category if q.category in self.vocab and q.category in OBJECT_LEVEL_CATEGORIES else None
-        category = category or _vocab_category(noun, self.vocab, OBJECT_LEVEL_CATEGORIES)
+        # The replacement comes from the asked object's own category, looked up from the word: a
+        # release file's questions are not all about its category (Vehicle.json asks about windows,
+        # and "window → wagon" is no object edit). A word in no vocabulary is skipped.
+        category = _vocab_category(noun, self.vocab, OBJECT_LEVEL_CATEGORIES)
         if category is None:
-            raise _Skip(f"'{noun}' is in no object vocabulary (animal / indoor / vehicle)")
+            known = " / ".join(c for c in sorted(OBJECT_LEVEL_CATEGORIES) if c in self.vocab)
+            raise _Skip(f"'{noun}' is in no object vocabulary ({known}): no replacement of its own kind to draw")
         if q.answer != YES:
             raise _Skip(f"answer is '{q.answer}': '{noun}' is not in the image, so there is nothing to repaint")
         if self.scene is not None:
             same = [o for o in self.scene["objects"].values() if _norm(str(o.get("name", ""))) == noun]
             if len(same) > 1:
                 raise _Skip(f"{len(same)} '{noun}' objects in the scene graph: swapping one leaves the answer yes")
-        target = _choose(q.qid, self.category_vocab(category, noun), self.seed)
+        options = [w for w in self.category_vocab(category, noun) if not same_kind(w, noun)]
+        if not options:
+            raise _Skip(f"no {category} word other than synonyms or sub-types of '{noun}' to replace it with")
+        target = _choose(q.qid, options, self.seed)
         return self._make(category, noun, target, _article(noun), _article(target), (self.box_of(noun),), NO, noun)
 
     def attribute(self) -> EditPlan:
@@ -305,7 +386,13 @@ class _Planner:
         box = self.box_of(noun)
         values = self.vocab.get(category, []) + RECOGNISED_ONLY.get(category, [])
         actual = self._actual_attribute(noun, values)
-        asked = _find_phrase(self.text.replace(noun, " "), values)
+        rest = self.text.replace(noun, " ")
+        asked = _find_phrase(rest, values)
+        shade = re.search(rf"\b({'|'.join(COLOR_SHADES)})(?: ({'|'.join(map(re.escape, values))}))?\b", rest) if category == "color" else None
+        if shade and shade.group(2) is None and (asked is None or q.answer in (YES, NO)):
+            raise _Skip(f"'{shade.group(1)}' is a shade, not a colour: no definite colour to change it to or from")
+        if shade and asked is not None and shade.group(2) is not None and _canonical(shade.group(2)) == asked:
+            asked = f"{shade.group(1)} {asked}"  # "dark blue" is one value: swap all of it
         two = re.search(r"\b(\w+) or (\w+)\b", self.text)
         if two and _canonical(two.group(1)) in values and _canonical(two.group(2)) in values:
             a, b = _canonical(two.group(1)), _canonical(two.group(2))
@@ -313,6 +400,8 @@ class _Planner:
                 raise _Skip(f"answer '{q.answer}' is neither '{a}' nor '{b}'")
             source, target = q.answer, b if q.answer == a else a
             expected = target
+        elif asked is None and q.answer in (YES, NO):  # "Is the fence made of wire?": wire is unknown
+            raise _Skip(f"'{self._asked_word(category, rest)}' is not a known {category} (add it under edit.text.vocabularies)")
         elif asked is None:  # an open question: "What color is the ring?"
             source = _canonical(q.answer)
             if source not in values:
@@ -320,7 +409,8 @@ class _Planner:
             target = _choose(q.qid, self.category_vocab(category, source), self.seed)
             expected = target
         elif q.answer == YES:
-            source, target, expected = asked, _choose(q.qid, self.category_vocab(category, asked), self.seed), NO
+            base = asked.split()[-1]  # "dark blue" → another colour than blue
+            source, target, expected = asked, _choose(q.qid, self.category_vocab(category, base), self.seed), NO
         elif q.answer == NO:
             if actual == asked:
                 raise _Skip(f"answer is no, but the scene graph says the {noun} is {asked}")
@@ -331,6 +421,15 @@ class _Planner:
         # "table made of glass", but "striped ring" (a texture word is an adjective).
         phrase = lambda v: f"{noun} made of {v}" if category == "material" and v in made_of else f"{v} {noun}"  # noqa: E731
         return self._make(category, source, target, phrase(source) if source else noun, phrase(target), (box,), expected, asked or source)
+
+    def _asked_word(self, category: str, rest: str) -> str:
+        """The value a yes/no attribute question asks about, known or not: the program's
+        `verify material: wire`, else the words after "made of" / the question's last word."""
+        for op in reversed(self.q.extra.get("semantic") or []):
+            if str(op.get("operation", "")) == f"verify {category}" and str(op.get("argument", "")).strip():
+                return _norm(str(op["argument"]))
+        m = re.search(r"\bmade (?:of|from) (.+)$", self.text) or re.search(r"(\w+)\s*$", rest)
+        return m.group(1).strip() if m else "?"
 
     def _attribute_noun(self) -> str:
         ids = list(self.ids)
@@ -353,20 +452,25 @@ class _Planner:
         spatial = q.category == "spatial"
         vocab_key = "spatial" if spatial else ("link" if q.category == "link" else "action")
         phrases = self.vocab.get(vocab_key, []) + ([relation_of(q.extra.get("semantic") or []) or ""])
-        rel = _find_phrase(self.text, [p for p in phrases if p] + list(ACTION_ALTERNATIVE) + list(SPATIAL_OPPOSITE))
-        m = re.match(rf"^(?:is|are) (?:the |a |an )?(.+?) {re.escape(rel)} (?:the |a |an )?(.+)$", self.text) if rel else None
+        found = _find_surface(self.text, [p for p in phrases if p] + list(ACTION_ALTERNATIVE) + list(SPATIAL_OPPOSITE))
+        # The question's own words ("underneath") locate subject and object; the canonical form
+        # ("under") picks the opposite.
+        surface, rel = found if found else (None, None)
+        m = re.match(rf"^(?:is|are) (?:the |a |an )?(.+?) {re.escape(surface)} (?:the |a |an )?(.+)$", self.text) if surface else None
         if rel is None or m is None:
             raise _Skip("relation: the question is not 'Is the <subject> <relation> the <object>?' with a known relation")
         subject, obj = m.group(1).strip(), m.group(2).strip()
         # The relation asked decides (a release's "action" file also holds "to the left of" questions).
         spatial = rel in SPATIAL_OPPOSITE if rel in SPATIAL_OPPOSITE or rel in ACTION_ALTERNATIVE else spatial
         table = SPATIAL_OPPOSITE if spatial else ACTION_ALTERNATIVE
+        other = table.get(rel) if spatial else action_alternative(rel, obj)
         if q.answer == YES:
-            if rel not in table:
-                raise _Skip(f"no {'opposite' if spatial else 'alternative'} known for the relation '{rel}'")
-            source, target, expected = rel, table[rel], NO
+            if other is None:
+                fits = "" if spatial or rel not in ACTION_ALTERNATIVE else f" that fits the {obj}"
+                raise _Skip(f"no {'opposite' if spatial else 'alternative'} known for the relation '{rel}'{fits}")
+            source, target, expected = rel, other, NO
         elif q.answer == NO:
-            source, target, expected = table.get(rel, ""), rel, YES
+            source, target, expected = other or "", rel, YES
         else:
             raise _Skip(f"yes/no question answered '{q.answer}'")
         a, b = self.box_of(subject), self.box_of(obj)
@@ -404,8 +508,9 @@ def _hull(a: Box, b: Box) -> Box:
 
 
 def _vocab_category(word: str, vocab: dict[str, list[str]], among: Iterable[str]) -> str | None:
-    for cat in among:
-        if word in vocab.get(cat, []) or word.removesuffix("s") in vocab.get(cat, []):
+    for cat in sorted(among):
+        words = vocab.get(cat, [])
+        if word in words or word.removesuffix("s") in words or word.removesuffix("es") in words:
             return cat
     return None
 

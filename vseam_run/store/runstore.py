@@ -503,6 +503,18 @@ class RunStore:
             )
             return {key: json.loads(text) for key, text in rows}
 
+    def checkpoint_keys(self, run_id: str) -> dict[str, list[str]]:
+        """Every stage's checkpoint keys (no payloads), stage → keys in the order first saved:
+        what an interrupted run has stored (`vseam show`)."""
+        with self._tx() as session:
+            rows = session.execute(
+                select(Checkpoint.stage, Checkpoint.key).where(Checkpoint.run_id == run_id).order_by(Checkpoint.id)
+            )
+            out: dict[str, list[str]] = {}
+            for stage, key in rows:
+                out.setdefault(stage, []).append(key)
+            return out
+
     def delete_checkpoints(self, run_id: str, stage: str) -> int:
         """Drop a stage's checkpoints (once its final result is stored); returns how many."""
         with self._tx() as session:
