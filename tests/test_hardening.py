@@ -92,3 +92,28 @@ def test_spec_path_is_a_folder_or_device(capsys, here, target, fragment):
         rc, out, err = call(capsys, cmd, target)
         assert_user_error(rc, out, err, fragment)
         assert "file not found" not in out + err
+
+
+# --- 3: vseam rm of a live run -------------------------------------------------------------------
+
+
+def test_rm_refuses_a_live_run_unless_forced(capsys, here):
+    from datetime import datetime, timedelta, timezone
+
+    from vseam_run.store import RunStore
+    from vseam_run.store.records import STALE_AFTER_S
+
+    with RunStore(here / "r.db") as store:
+        live = store.create_run(name="live", spec_yaml="name: live\n", spec_hash="h")  # this process, fresh beat
+        lost = store.create_run(name="lost", spec_yaml="name: lost\n", spec_hash="h")
+        store.heartbeat(lost, at=datetime.now(timezone.utc) - timedelta(seconds=STALE_AFTER_S + 60))
+    rc, out, err = call(capsys, "rm", live, lost, "--db", "r.db")
+    assert_user_error(rc, out, err, f"run {live} is still running", "--force")
+    with RunStore(here / "r.db") as store:
+        assert {r.id for r in store.list_runs()} == {live, lost}  # nothing removed, the lost one neither
+    rc, out, err = call(capsys, "rm", lost, "--db", "r.db")
+    assert rc == 0 and f"removed run {lost}" in out, out + err
+    rc, out, err = call(capsys, "rm", live, "--db", "r.db", "--force")
+    assert rc == 0 and f"removed run {live}" in out, out + err
+    with RunStore(here / "r.db") as store:
+        assert store.list_runs() == []
