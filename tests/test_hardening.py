@@ -117,3 +117,208 @@ def test_rm_refuses_a_live_run_unless_forced(capsys, here):
     assert rc == 0 and f"removed run {live}" in out, out + err
     with RunStore(here / "r.db") as store:
         assert store.list_runs() == []
+
+
+# --- 1: inputs fingerprinted by content ---------------------------------------------------------
+
+SEARCH_SPEC = BASELINE_SPEC + "search: {{strategy: exact, scoring: signed}}\n"
+
+
+def _interrupt_after(mp, stage: str) -> None:
+    from vseam_run.ledger import StageLedger
+
+    real = StageLedger.mark
+
+    def mark(self, name, fp, outputs=None):
+        real(self, name, fp, outputs)
+        if name == stage:
+            raise KeyboardInterrupt
+
+    mp.setattr(StageLedger, "mark", mark)
+
+
+@pytest.fixture
+def interrupted_run(capsys, here, tiny_llava_entry, monkeypatch) -> tuple[str, list[Path]]:
+    """A run interrupted after its baseline; (run id, the toy images it read, sorted)."""
+    from vseam_run.store import RunStore
+
+    (here / "spec.yaml").write_text(SEARCH_SPEC.format(name="fp", model=tiny_llava_entry))
+    with monkeypatch.context() as mp:
+        _interrupt_after(mp, "baseline")
+        rc, out, err = call(capsys, "run", "spec.yaml", "--db", "runs.db")
+    assert rc == 130, out + err
+    with RunStore(here / "runs.db") as store:
+        (run,) = store.list_runs()
+    images = sorted(here.rglob("toyworld-*/images/*.png"))
+    assert len(images) == 24
+    return run.id, images
+
+
+def test_images_changed_in_place_refuse_the_resume(capsys, here, interrupted_run):
+    from vseam_run.store import RunStore
+
+    run_id, images = interrupted_run
+    # Overwrite half the images with others (same file names, same folder: only the content differs).
+    half = images[: len(images) // 2]
+    others = [p.read_bytes() for p in images[len(images) // 2:]]
+    for path, data in zip(half, others):
+        path.write_bytes(data)
+    rc, out, err = call(capsys, "run", "--resume", run_id, "--db", "runs.db")
+    assert_user_error(rc, out, err, "stage 'data'", "content of input file", half[0].name, "new run")
+    with RunStore(here / "runs.db") as store:
+        rec = store.get_run(run_id)
+        assert rec.status == "failed" and "stage 'data'" in rec.error_message
+        assert "search" not in {r["stage"] for r in store.question_results(run_id)}  # nothing mixed in
+
+
+def test_same_content_with_a_new_mtime_resumes(capsys, here, interrupted_run):
+    """The size + mtime check is only a shortcut: a touched file of the same content still matches."""
+    import os
+
+    run_id, images = interrupted_run
+    for p in images:
+        st = p.stat()
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    rc, out, err = call(capsys, "run", "--resume", run_id, "--db", "runs.db")
+    assert rc == 0, out + err
+
+
+def test_file_stamps_are_cached_by_size_and_mtime(tmp_path):
+    import os
+
+    from vseam_run.filestamps import FileStamps, hash_file
+
+    files = []
+    for i in range(3):
+        f = tmp_path / f"f{i}.bin"
+        f.write_bytes(bytes([i]) * 1000)
+        os.utime(f, (1_000_000, 1_000_000))  # old: not racy, so cached
+        files.append(f)
+    cache = tmp_path / "stamps.json"
+    first = FileStamps(cache)
+    stamps = first.stamps(files)
+    first.save()
+    assert first.hashed == 3 and stamps[str(files[1])] == hash_file(files[1])
+    again = FileStamps(cache)
+    assert again.stamps(files) == stamps and again.hashed == 0  # nothing read: the cache answered
+    files[2].write_bytes(b"x" * 1000)  # same size, new mtime: read again
+    third = FileStamps(cache)
+    assert third.stamps(files)[str(files[2])] == hash_file(files[2]) != stamps[str(files[2])]
+    assert third.hashed == 1
+
+
+def test_a_just_written_file_is_not_cached(tmp_path):
+    """Racy: written within the mtime tick of its hashing, it could change again unseen."""
+    from vseam_run.filestamps import FileStamps
+
+    f = tmp_path / "new.bin"
+    f.write_bytes(b"a" * 10)
+    s = FileStamps(tmp_path / "c.json")
+    s.stamp(f)
+    s.save()
+    again = FileStamps(tmp_path / "c.json")
+    again.stamp(f)
+    assert again.hashed == 1
+
+
+# --- 2: a checkpoint with a missing or unexpected tensor -----------------------------------------
+
+
+def _damaged_copy(src_entry: Path, dst: Path, drop: str | None = None, add: str | None = None, **entry) -> Path:
+    """A copy of a tiny checkpoint without tensor `drop` (or with an extra tensor `add`); its entry."""
+    import shutil
+
+    import torch
+    import yaml
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src_entry.parent / "ckpt", dst / "ckpt")
+    weights = load_file(dst / "ckpt" / "model.safetensors")
+    if drop is not None:
+        assert drop in weights, sorted(weights)[:20]
+        del weights[drop]
+    if add is not None:
+        weights[add] = torch.ones(3)
+    save_file(weights, dst / "ckpt" / "model.safetensors", metadata={"format": "pt"})
+    doc = yaml.safe_load(src_entry.read_text())
+    doc.update(name="damaged", **entry)
+    (dst / "damaged.yaml").write_text(yaml.safe_dump(doc))
+    return dst / "damaged.yaml"
+
+
+def _o_proj_of_layer_1(entry: Path) -> str:
+    from safetensors import safe_open
+
+    with safe_open(entry.parent / "ckpt" / "model.safetensors", "pt") as f:
+        (name,) = [k for k in f.keys() if "layers.1." in k and k.endswith("o_proj.weight") and "language" in k]
+    return name
+
+
+def test_missing_tensor_is_found_by_validate_and_refused_at_load(capsys, here, tiny_llava_entry, monkeypatch):
+    import torch
+
+    from vseam_run import checks, weights_check
+    from vseam_run.errors import VseamError
+    from vseam_run.registry import load_entry_file
+    from vseam_run.vlm import VLM
+
+    name = _o_proj_of_layer_1(tiny_llava_entry)
+    entry = _damaged_copy(tiny_llava_entry, here / "m", drop=name)
+    (here / "spec.yaml").write_text(BASELINE_SPEC.format(name="dmg", model=entry))
+    loads = []
+    monkeypatch.setattr(VLM, "load", classmethod(lambda cls, *a: loads.append(a) or (_ for _ in ()).throw(AssertionError)))
+    for cmd in ("validate", "run"):  # from the checkpoint's tensor list: nothing is loaded
+        rc, out, err = call(capsys, cmd, "spec.yaml", "--db", "r.db") if cmd == "run" else call(capsys, cmd, "spec.yaml")
+        assert_user_error(rc, out, err, name, "random")
+    assert loads == []
+    monkeypatch.undo()
+    # At load, exactly (transformers' loading info), even where the tensor list cannot tell.
+    monkeypatch.setattr(checks, "machine_problems", lambda spec, entry: [])
+    with pytest.raises(VseamError, match="missing from the checkpoint") as e:
+        VLM.load(load_entry_file(entry), torch.device("cpu"), torch.float32)
+    # transformers names it as the model does (the checkpoint may use the older layout's names)
+    assert "layers.1.self_attn.o_proj.weight" in str(e.value) and "allow_missing_weights" in str(e.value)
+    assert weights_check.layer_gaps([name.replace("layers.1.", f"layers.{i}.") for i in (0, 2)]) == [name]
+
+
+def test_an_entry_may_allow_a_named_missing_tensor(capsys, here, tiny_llava_entry):
+    import torch
+
+    from vseam_run.registry import load_entry_file
+    from vseam_run.vlm import VLM
+
+    name = _o_proj_of_layer_1(tiny_llava_entry)
+    entry = _damaged_copy(tiny_llava_entry, here / "m", drop=name, allow_missing_weights=["*.layers.1.self_attn.o_proj.weight"])
+    (here / "spec.yaml").write_text(BASELINE_SPEC.format(name="ok", model=entry))
+    rc, out, err = call(capsys, "validate", "spec.yaml")
+    assert rc == 0, out + err
+    VLM.load(load_entry_file(entry), torch.device("cpu"), torch.float32)  # allowed: loads
+
+
+def test_unexpected_tensor_is_refused_at_load(here, tiny_llava_entry):
+    import torch
+
+    from vseam_run.errors import VseamError
+    from vseam_run.registry import load_entry_file
+    from vseam_run.vlm import VLM
+
+    entry = _damaged_copy(tiny_llava_entry, here / "m", add="model.stray_adapter.weight")
+    with pytest.raises(VseamError, match="no place for") as e:
+        VLM.load(load_entry_file(entry), torch.device("cpu"), torch.float32)
+    assert "model.stray_adapter.weight" in str(e.value)
+
+
+def test_layer_gaps_leave_every_other_layer_alone():
+    """Q-Former's cross-attention sits in every other layer: half the stack, not a gap."""
+    from vseam_run.weights_check import layer_gaps
+
+    names = [f"q.layer.{i}.attn.weight" for i in range(12)] + [f"q.layer.{i}.cross.weight" for i in range(0, 12, 2)]
+    assert layer_gaps(names) == []
+    assert layer_gaps(names[:5] + names[6:]) == ["q.layer.5.attn.weight"]
+
+
+def test_entries_without_allow_lists_hash_as_before(tiny_llava_entry):
+    from vseam_run.registry import load_entry_file
+
+    e = load_entry_file(tiny_llava_entry)
+    assert "allow_missing_weights" not in e.to_yaml() and "allow_unexpected_weights" not in e.to_yaml()

@@ -257,7 +257,7 @@ class _Stages:
         splits = split_by_image(loaded.questions, spec.data.split.model_dump(), spec.seed)
         split_of = {q.qid: s for s, qs in splits.items() for q in qs}
         data_fp = fingerprint(data=spec.data, seed=spec.seed, questions=questions_part(loaded.questions, split_of),
-                              skipped=loaded.skipped)
+                              skipped=loaded.skipped).with_files(self._file_stamps(spec.data, spec.data.toyworld, loaded))
         self.stage("data", data_fp, lambda: self._record_data(loaded, splits))
         with self.timed("load_model"):
             dtype = resolve_dtype(spec.dtype, self.entry.dtype, self.device)
@@ -324,8 +324,23 @@ class _Stages:
             self.log("  every question of " + ", ".join(f"{k} answers {a!r}" for k, a in single.items())
                      + ": accuracy there cannot tell a model from one that always says so")
 
+    def _toy_params(self, toy) -> ToyWorldParams:
+        return ToyWorldParams(seed=toy.seed if toy.seed is not None else self.spec.seed, images=toy.images, image_size=toy.image_size)
+
+    def _file_stamps(self, d, toy, loaded: LoadResult) -> dict[str, str]:
+        """Content hashes of every file the data stage read (question files, images): a file changed
+        in place no longer matches the results computed from it (vseam_run/filestamps.py)."""
+        from vseam_run.data.toyworld import ensure_toyworld
+        from vseam_run.filestamps import CACHE_NAME, FileStamps, input_files
+
+        toy_root = ensure_toyworld(self._toy_params(toy), self.cache_dir) if d.source == "toyworld" else None
+        stamps = FileStamps(self.cache_dir / CACHE_NAME if dist.world().main else None)
+        files = stamps.stamps(input_files(d.source, Path(d.path) if d.path else None, loaded.questions, toy_root))
+        stamps.save()
+        return files
+
     def _load(self, d, toy) -> LoadResult:
-        params = ToyWorldParams(seed=toy.seed if toy.seed is not None else self.spec.seed, images=toy.images, image_size=toy.image_size)
+        params = self._toy_params(toy)
         return load_questions(
             d.source, d.path, d.images, level=d.level, categories=d.categories, limit=d.limit,
             on_missing_image=d.on_missing_image, toyworld=params, cache_dir=self.cache_dir,
@@ -448,9 +463,12 @@ class _Stages:
                        lambda: stage.side_by_side(self.metrics, scales, settings, sink))
         ev = spec.evaluate
         for extra in (ev.extra if ev else []):
+            with dist.main_first():
+                extra_loaded = self._load(extra, extra.toyworld)
             extra_fp = fingerprint(modulation=mod_fp, extra=extra, bootstrap=settings.bootstrap, seed=spec.seed,
-                                   batch_size=spec.batch_size)
-            self.stage(f"eval.{extra.name}", extra_fp, lambda extra=extra: self._evaluate_extra(extra, edits))
+                                   batch_size=spec.batch_size).with_files(self._file_stamps(extra, extra.toyworld, extra_loaded))
+            self.stage(f"eval.{extra.name}", extra_fp,
+                       lambda extra=extra, loaded=extra_loaded: self._evaluate_extra(extra, loaded, edits))
         if ev is not None and ev.ablation is not None:
             ablation_fp = fingerprint(search=search_fp, questions=items_part(by_split["test"]), ablation=ev.ablation,
                                       seed=spec.seed, batch_size=spec.batch_size)
@@ -462,9 +480,7 @@ class _Stages:
         settings = self._stage_settings()
         stage.compare(scored, edits, prefix, label, settings, stage.Matcher.for_model(self.vlm, settings.answer_match), self._sink())
 
-    def _evaluate_extra(self, extra: ExtraDataSpec, edits) -> None:
-        with dist.main_first():
-            loaded = self._load(extra, extra.toyworld)
+    def _evaluate_extra(self, extra: ExtraDataSpec, loaded: LoadResult, edits) -> None:
         items, untokenizable = self._items(loaded.questions, {}, f"eval.{extra.name}")
         self._record_untokenizable(f"eval.{extra.name}", untokenizable)
         scored = ScoredSet(self.vlm, items, self.spec.batch_size, extra.name, stream=self.spec.stream)

@@ -112,6 +112,16 @@ class ModelEntry(BaseModel):
             raise ValueError("an entry needs hf_id or path")
         return self
 
+    allow_missing_weights: list[str] = Field(
+        default_factory=list,
+        description="Tensor names (fnmatch patterns) the checkpoint may lack; any other missing tensor refuses the "
+        "run, since transformers would fill it with random weights.",
+    )
+    allow_unexpected_weights: list[str] = Field(
+        default_factory=list,
+        description="Tensor names (fnmatch patterns) the checkpoint may hold that the model class has no place for.",
+    )
+
     # Where the entry came from; used to resolve relative paths.
     _source: Path | None = None
 
@@ -125,7 +135,9 @@ class ModelEntry(BaseModel):
         return path
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+        # The allow-lists are dumped only when set, so entries without them hash as before.
+        unset = {k for k in ("allow_missing_weights", "allow_unexpected_weights") if not getattr(self, k)}
+        return yaml.safe_dump(self.model_dump(exclude=unset), sort_keys=False)
 
     def content_hash(self) -> str:
         return hashlib.sha256(self.to_yaml().encode()).hexdigest()
