@@ -322,3 +322,96 @@ def test_entries_without_allow_lists_hash_as_before(tiny_llava_entry):
 
     e = load_entry_file(tiny_llava_entry)
     assert "allow_missing_weights" not in e.to_yaml() and "allow_unexpected_weights" not in e.to_yaml()
+
+
+# --- 4: an interrupted sweep is continued, not restarted -----------------------------------------
+
+SWEEP_SPEC = """\
+name: sw
+model: {model}
+device: cpu
+batch_size: 8
+data: {{source: toyworld, toyworld: {{images: 8}}, limit: 8}}
+search: {{strategy: exact, scoring: signed, top_k: 3, bootstrap: 20}}
+"""
+
+
+def _sweep_results(db: Path, sweep_id: str) -> dict[str, tuple]:
+    """Seed → (status, metrics without timings, heads) of each run of a sweep."""
+    import yaml
+
+    from vseam_run.store import RunStore
+    from vseam_run.store.labels import runs_with
+
+    out = {}
+    with RunStore(db) as store:
+        for rid in runs_with(store, "sweep", sweep_id):
+            rec = store.get_run(rid)
+            seed = yaml.safe_load(rec.spec_yaml)["seed"]
+            metrics = {k: v for k, v in rec.metrics.items() if not k.startswith(("time.", "search.seconds"))}
+            out[seed] = (rec.status, metrics, store.get_document(rid, "heads"))
+    return out
+
+
+def test_interrupted_sweep_is_continued_with_the_same_numbers(capsys, here, tiny_llava_entry, monkeypatch):
+    from vseam_run.ledger import StageLedger
+    from vseam_run.store import RunStore
+
+    (here / "spec.yaml").write_text(SWEEP_SPEC.format(model=tiny_llava_entry))
+    grid = ["sweep", "spec.yaml", "--set", "seed=0,1,2"]
+    rc, out, err = call(capsys, *grid, "--db", "full.db")
+    assert rc == 0, out + err
+    full_id = next(w.rstrip(":") for w in out.split() if w.startswith("sweep-"))
+    full = _sweep_results(here / "full.db", full_id)
+    assert sorted(full) == [0, 1, 2] and all(v[0] == "succeeded" for v in full.values())
+
+    real, marks = StageLedger.mark, []
+
+    def mark(self, name, fp, outputs=None):  # Ctrl-C in the second point, after its baseline
+        real(self, name, fp, outputs)
+        marks.append(name)
+        if marks.count("baseline") == 2:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(StageLedger, "mark", mark)
+        rc, out, err = call(capsys, *grid, "--db", "r.db")
+    assert rc == 130, out + err
+    sweep_id = next(w.rstrip(":") for w in out.split() if w.startswith("sweep-"))
+    assert f"sweep {sweep_id} interrupted" in out and f"--set seed=0,1,2 --resume {sweep_id} --db r.db" in out, out
+    with RunStore(here / "r.db") as store:
+        first = {r.id: r.status for r in store.list_runs()}
+    assert sorted(first.values()) == ["interrupted", "succeeded"]
+
+    # The same command again: it recognises its own unfinished grid and continues it.
+    created = []
+    real_create = RunStore.create_run
+    monkeypatch.setattr(RunStore, "create_run", lambda self, **kw: created.append(kw["name"]) or real_create(self, **kw))
+    rc, out, err = call(capsys, *grid, "--db", "r.db")
+    assert rc == 0, out + err
+    assert f"sweep {sweep_id} ran this grid and is unfinished" in out and "succeeded earlier" in out
+    assert len(created) == 1  # only the point never started is a new run; the interrupted one was resumed
+    with RunStore(here / "r.db") as store:
+        runs = store.list_runs()
+    assert len(runs) == 3 and all(r.status == "succeeded" for r in runs)
+    assert {i for i in first} <= {r.id for r in runs}
+    assert _sweep_results(here / "r.db", sweep_id) == full  # the numbers of an uninterrupted sweep
+
+    # Finished: the same command now starts a new sweep; --resume of it has nothing left to do.
+    rc, out, err = call(capsys, *grid, "--db", "r.db", "--resume", sweep_id, "--dry-run")
+    assert rc == 0 and "3 succeeded earlier" in out, out + err
+
+
+def test_sweep_resume_refuses_another_grid(capsys, here, tiny_llava_entry):
+    from vseam_run.store import RunStore
+    from vseam_run.store.labels import add_label
+
+    (here / "spec.yaml").write_text(SWEEP_SPEC.format(model=tiny_llava_entry))
+    with RunStore(here / "r.db") as store:
+        rid = store.create_run(name="sw", spec_yaml="name: other\n", spec_hash="other")
+        store.set_status(rid, "interrupted")
+        add_label(store, rid, "sweep", "sweep-20260101-000000-abcd")
+    rc, out, err = call(capsys, "sweep", "spec.yaml", "--set", "seed=0,1", "--db", "r.db", "--resume", "sweep-20260101-000000-abcd")
+    assert_user_error(rc, out, err, "no point of this grid")
+    rc, out, err = call(capsys, "sweep", "spec.yaml", "--set", "seed=0,1", "--db", "r.db", "--resume", "sweep-nope")
+    assert_user_error(rc, out, err, "no runs of sweep sweep-nope")
