@@ -415,3 +415,41 @@ def test_sweep_resume_refuses_another_grid(capsys, here, tiny_llava_entry):
     assert_user_error(rc, out, err, "no point of this grid")
     rc, out, err = call(capsys, "sweep", "spec.yaml", "--set", "seed=0,1", "--db", "r.db", "--resume", "sweep-nope")
     assert_user_error(rc, out, err, "no runs of sweep sweep-nope")
+
+
+# --- 5: resume after the workdir was deleted ------------------------------------------------------
+
+
+def test_resume_after_the_workdir_was_deleted_marks_lost_artifacts(capsys, here, tiny_llava_entry, monkeypatch):
+    import json
+    import shutil
+
+    from vseam_run.store import RunStore
+
+    spec = BASELINE_SPEC + "edit: {{recipe: procedural}}\n"
+    (here / "spec.yaml").write_text(spec.format(name="wd", model=tiny_llava_entry))
+    rc, out, err = call(capsys, "run", "spec.yaml", "--db", "full.db", "--set", "workdir=full")
+    assert rc == 0, out + err
+    with monkeypatch.context() as mp:
+        _interrupt_after(mp, "edit")
+        rc, out, err = call(capsys, "run", "spec.yaml", "--db", "runs.db")
+    assert rc == 130, out + err
+    with RunStore(here / "runs.db") as store:
+        (run,) = store.list_runs()
+        registered = {a.kind for a in run.artifacts}
+    assert {"edits"} <= {k.split(".")[0] for k in registered}, registered
+    shutil.rmtree(here / ".vseam")
+    rc, out, err = call(capsys, "run", "--resume", run.id, "--db", "runs.db")
+    assert rc == 0, out + err
+    assert "registered by finished stages are gone" in out
+    with RunStore(here / "runs.db") as a, RunStore(here / "full.db") as b:
+        (full,) = b.list_runs()
+        ra, rb = a.get_run(run.id), b.get_run(full.id)
+        timing = ("time.",)
+        assert {k: v for k, v in ra.metrics.items() if not k.startswith(timing)} == \
+               {k: v for k, v in rb.metrics.items() if not k.startswith(timing)}
+    rc, out, err = call(capsys, "show", run.id, "--db", "runs.db", "--json")
+    shown = {a["kind"]: a["state"] for a in json.loads(out)["artifacts"]}
+    assert shown and all(shown[k] == "missing" for k in registered), shown
+    rc, out, err = call(capsys, "show", run.id, "--db", "runs.db")
+    assert "MISSING" in out

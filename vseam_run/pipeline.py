@@ -155,6 +155,11 @@ def _open_run(spec: Spec, store: RunStore, entry, device: torch.device, resume: 
         check_resumable(store, resume, spec, force=force)
         store.mark_resumed(resume)
         log(f"resuming run {resume}")
+        gone = [a for a in store.get_run(resume).artifacts if a.state() != "present"]
+        if gone:  # e.g. the workdir was deleted: finished stages are not run again to redraw them
+            log(f"  {len(gone)} file(s) registered by finished stages are gone or changed: "
+                + ", ".join(Path(a.path).name for a in gone[:5]) + (" …" if len(gone) > 5 else "")
+                + "; `vseam show` marks them; their numbers are in the registry")
         return resume
     run_id = store.create_run(
         name=spec.name, spec_yaml=spec.to_yaml(), spec_hash=spec.content_hash(), model_name=entry.name,
