@@ -453,3 +453,79 @@ def test_resume_after_the_workdir_was_deleted_marks_lost_artifacts(capsys, here,
     assert shown and all(shown[k] == "missing" for k in registered), shown
     rc, out, err = call(capsys, "show", run.id, "--db", "runs.db")
     assert "MISSING" in out
+
+
+# --- 7, 14: registry URLs ------------------------------------------------------------------------
+
+PG_URL = __import__("os").environ.get("VSEAM_TEST_PG_URL", "")
+
+
+def test_credentials_in_a_url_are_masked_everywhere():
+    from sqlalchemy.engine import make_url
+
+    from vseam_run.store.connect import display, mask
+
+    url = "postgresql+psycopg://u:pw1@h/x?password=sekrit&sslmode=require&sslpassword=p2&auth_token=t3"
+    for shown in (display(make_url(url)), mask(url), mask(f"error at {url} (code 3)")):
+        assert not any(s in shown for s in ("pw1", "sekrit", "p2", "t3")), shown
+        assert "sslmode=require" in shown and "***" in shown
+
+
+def test_query_password_is_not_printed_when_the_server_is_unreachable(capsys, here, monkeypatch):
+    monkeypatch.setenv("VSEAM_DB_TIMEOUT", "2")
+    rc, out, err = call(capsys, "runs", "--db", "postgresql+psycopg://u@127.0.0.1:1/x?password=sekrit")
+    assert_user_error(rc, out, err, "password=***")
+    assert "sekrit" not in out + err
+
+
+@pytest.fixture
+def pg_db() -> str:
+    """A new empty database on the test server (dropped afterwards)."""
+    import secrets
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(PG_URL)
+    name = f"vseam_h_{secrets.token_hex(4)}"
+    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield url.set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.mark.skipif(not PG_URL, reason="VSEAM_TEST_PG_URL is unset (.ci/postgres.sh starts a server)")
+def test_query_password_is_never_printed_by_any_command(capsys, here, tiny_llava_entry, pg_db):
+    url = pg_db + ("&" if "?" in pg_db else "?") + "password=sekrit"  # the test server trusts: any password works
+    (here / "spec.yaml").write_text(BASELINE_SPEC.format(name="pw", model=tiny_llava_entry))
+    seen = []
+    for argv in (["run", "spec.yaml"], ["runs"], ["show", "latest"], ["tag", "latest", "t1"], ["show", "nope"],
+                 ["sweep", "spec.yaml", "--set", "seed=0", "--dry-run"]):
+        rc, out, err = call(capsys, *argv, "--db", url)
+        seen.append((argv[0], rc))
+        assert "sekrit" not in out + err, (argv, out + err)
+    assert [rc for _, rc in seen] == [0, 0, 0, 0, 2, 0], seen
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg://u@h:notaport/x", "postgresql+psycopg://[::1:1/x"])
+def test_malformed_url_is_one_message(capsys, here, url):
+    rc, out, err = call(capsys, "runs", "--db", url)
+    assert_user_error(rc, out, err, "not a valid SQLAlchemy URL", "port")
+
+
+def test_run_name_over_256_characters_is_refused_by_the_spec(capsys, here):
+    (here / "s.yaml").write_text(f"name: {'n' * 257}\nmodel: toy-llava\ndata: {{source: toyworld}}\n")
+    for cmd in ("validate", "run"):
+        rc, out, err = call(capsys, cmd, "s.yaml")
+        assert_user_error(rc, out, err, "name", "256")
+
+
+@pytest.mark.skipif(not PG_URL, reason="VSEAM_TEST_PG_URL is unset (.ci/postgres.sh starts a server)")
+def test_a_run_name_of_256_characters_fits_postgresql(pg_db):
+    from vseam_run.store import RunStore
+
+    with RunStore(pg_db) as store:
+        rid = store.create_run(name="n" * 256, spec_yaml="name: x\n", spec_hash="h")
+        assert store.get_run(rid).name == "n" * 256

@@ -388,7 +388,7 @@ class AblationSpec(_Strict):
 class ExtraDataSpec(_Strict):
     """A further dataset on which the chosen modulation is also evaluated (all of it: no split)."""
 
-    name: str = Field(description="Label used in metric names: eval.<name>.*")
+    name: str = Field(max_length=100, description="Label used in metric names: eval.<name>.* (at most 100 characters: stage names are stored in 128).")
     source: Literal["gqa", "pope", "cocoqa", "toyworld"]
     path: Path | None = None
     images: Path | None = None
@@ -429,7 +429,7 @@ class EvaluateSpec(_Strict):
 class Spec(_Strict):
     """One experiment: model, data, and the stages to run."""
 
-    name: str = Field(description="Run name shown in `vseam runs`.")
+    name: str = Field(max_length=256, description="Run name shown in `vseam runs` (at most 256 characters, the registry's limit on every database).")
     model: str = Field(description="Registry name (see `vseam models`) or a path to a registry YAML file.")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(

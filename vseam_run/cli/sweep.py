@@ -42,7 +42,9 @@ def sweep(
 
     grid = plan(spec, list(set_ or []), sweep_id=resume)
     out = console()
-    db_opt = "" if db == DEFAULT_DB else f" --db {shlex.quote(db)}"
+    from vseam_run.store.connect import mask
+
+    db_opt = "" if db == DEFAULT_DB else f" --db {shlex.quote(mask(db))}"  # never a password
     if dry_run and resume is None:
         out.print(f"sweep [cyan]{grid.sweep_id}[/]: {len(grid.points)} run(s) of {spec}", highlight=False)
         for p in grid.points:

@@ -42,11 +42,24 @@ def connect_timeout() -> float:
     return value
 
 
+# Query parameters of a database URL that carry a credential (libpq's password, sslpassword,
+# sslkey passphrases; cloud drivers' tokens and secrets), masked wherever a URL is printed.
+_SECRET_PARAM = re.compile(r"(?i)(pass|pwd|secret|token|key|auth|credential)")
+_QUERY_SECRET = re.compile(r"(?i)([?&;][^=&\s]*(?:pass|pwd|secret|token|key|auth|credential)[^=&\s]*=)[^&\s'\"]*")
+
+
 def mask(text: str, password: str | None = None) -> str:
-    """`text` with the URL password (and any user:password@ in it) replaced by ***."""
+    """`text` with the URL password, any user:password@ and any credential query parameter
+    (`?password=...`, `sslpassword`, `token`, ...) replaced by ***."""
     if password:
         text = text.replace(password, "***")
-    return _URL_PASSWORD.sub(r"\1***@", text)
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    return _QUERY_SECRET.sub(r"\1***", text)
+
+
+def display(url: URL) -> str:
+    """The URL as it may be printed: no password, and credential query parameters masked."""
+    return mask(url.render_as_string(hide_password=True))
 
 
 def with_default_driver(url: URL) -> URL:

@@ -183,12 +183,15 @@ class RunStore:
         if "://" in target:
             try:
                 url = connect.with_default_driver(make_url(target))
-            except ArgumentError as e:
+                url.port  # a port that is not a number, an unclosed [IPv6 bracket: ValueError here, not later
+            except (ArgumentError, ValueError) as e:
+                why = connect.mask(str(e)) if isinstance(e, ArgumentError) else (
+                    "its port is not a number (an IPv6 host goes in brackets: postgresql://[::1]:5432/db)")
                 raise VseamError(
-                    f"--db {connect.mask(target)!r} is not a valid SQLAlchemy URL: {connect.mask(str(e))}",
+                    f"--db {connect.mask(target)!r} is not a valid SQLAlchemy URL: {why}",
                     hint="e.g. postgresql+psycopg://user@host/vseam or sqlite:///runs.db",
                 ) from None
-            where = url.render_as_string(hide_password=True)
+            where = connect.display(url)
             if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
                 _check_sqlite_path(Path(url.database), where=where, must_exist=must_exist)
             try:
@@ -199,7 +202,8 @@ class RunStore:
                 raise VseamError(f"cannot open run registry {where}: {connect.mask(str(e), url.password)}") from None
             if url.get_backend_name() == "sqlite":
                 _install_sqlite_pragmas(engine, wal=url.database not in (None, "", ":memory:"))
-            return engine, where, url.password
+            secrets = [str(v) for k, v in url.query.items() if connect._SECRET_PARAM.search(k) and isinstance(v, str)]
+        return engine, where, url.password or (secrets[0] if secrets else None)
         path = Path(target).expanduser()
         _check_sqlite_path(path, where=str(path), must_exist=must_exist)
         # A generous lock timeout: a query from another terminal may briefly hold the file.
