@@ -203,7 +203,7 @@ class RunStore:
             if url.get_backend_name() == "sqlite":
                 _install_sqlite_pragmas(engine, wal=url.database not in (None, "", ":memory:"))
             secrets = [str(v) for k, v in url.query.items() if connect._SECRET_PARAM.search(k) and isinstance(v, str)]
-        return engine, where, url.password or (secrets[0] if secrets else None)
+            return engine, where, url.password or (secrets[0] if secrets else None)
         path = Path(target).expanduser()
         _check_sqlite_path(path, where=str(path), must_exist=must_exist)
         # A generous lock timeout: a query from another terminal may briefly hold the file.
