@@ -529,3 +529,38 @@ def test_a_run_name_of_256_characters_fits_postgresql(pg_db):
     with RunStore(pg_db) as store:
         rid = store.create_run(name="n" * 256, spec_yaml="name: x\n", spec_hash="h")
         assert store.get_run(rid).name == "n" * 256
+
+
+# --- 9: a damaged SQLite file with a valid header --------------------------------------------------
+
+
+def _damaged_registry(path: Path) -> str:
+    """A registry with one run whose metrics table's root page is overwritten (header and schema
+    intact): 'database disk image is malformed' once a query reaches it."""
+    import sqlite3
+
+    from vseam_run.store import RunStore
+
+    with RunStore(path) as store:
+        rid = store.create_run(name="d", spec_yaml="name: d\n", spec_hash="h")
+        store.log_metrics(rid, {f"m.{i}": float(i) for i in range(50)})
+        store.set_status(rid, "succeeded")
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'metrics'").fetchone()
+        page = conn.execute("PRAGMA page_size").fetchone()[0]
+    data = bytearray(path.read_bytes())
+    data[(root - 1) * page:(root - 1) * page + 12] = b"\x0d" + b"\xff" * 11
+    path.write_bytes(bytes(data))
+    return rid
+
+
+@pytest.mark.parametrize("argv", [
+    ["runs"], ["show", "RUN"], ["report", "RUN", "-o", "r.html"], ["export", "RUN", "-o", "ex"],
+    ["compare", "RUN", "RUN"], ["run", "spec.yaml"],
+])  # fmt: skip
+def test_damaged_registry_is_one_message(capsys, here, tiny_llava_entry, argv):
+    rid = _damaged_registry(here / "bad.db")
+    (here / "spec.yaml").write_text(BASELINE_SPEC.format(name="d", model=tiny_llava_entry))
+    rc, out, err = call(capsys, *[rid if a == "RUN" else a for a in argv], "--db", "bad.db")
+    assert_user_error(rc, out, err, "bad.db is damaged", "malformed")

@@ -156,6 +156,25 @@ def classify(where: str, error: BaseException, *, is_sqlite: bool, password: str
     return VseamError(f"cannot open run registry {where}: {detail}", hint="check the URL given with --db")
 
 
+_DAMAGED = ("malformed", "not a database", "could not decode", "disk i/o error", "corrupt")
+
+
+def query_error(where: str, error: BaseException) -> VseamError:
+    """One clear VseamError for a query of an open registry that failed (DatabaseError)."""
+    orig = getattr(error, "orig", None) or error
+    first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    detail = mask(first[:200] + ("…" if len(first) > 200 else ""))
+    if any(s in str(orig).lower() for s in _DAMAGED):
+        return VseamError(
+            f"run registry {where} is damaged: {detail}",
+            hint="restore it from a backup (`sqlite3 FILE .recover` may save what is left), or pass --db with another path",
+        )
+    return VseamError(
+        f"run registry {where}: {detail}",
+        hint="check that the file is writable and not locked, or pass --db with another path",
+    )
+
+
 def _importable(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None

@@ -264,12 +264,9 @@ class RunStore:
         try:
             with _TX_LOCK, self._sessions.begin() as session:
                 yield session
-        except OperationalError as e:
-            # Disk full, read-only file, a lock held too long: the user can act on these.
-            raise VseamError(
-                f"run registry {self.where}: {connect.mask(str(e.orig))}",
-                hint="check that the file is writable and not locked, or pass --db with another path",
-            ) from e
+        except DatabaseError as e:
+            # Disk full, read-only file, a lock held too long, a damaged file: the user can act on these.
+            raise connect.query_error(self.where, e) from e
 
     def _run(self, session: Session, run_id: str) -> Run:
         run = session.get(Run, run_id)
