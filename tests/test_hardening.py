@@ -564,3 +564,57 @@ def test_damaged_registry_is_one_message(capsys, here, tiny_llava_entry, argv):
     (here / "spec.yaml").write_text(BASELINE_SPEC.format(name="d", model=tiny_llava_entry))
     rc, out, err = call(capsys, *[rid if a == "RUN" else a for a in argv], "--db", "bad.db")
     assert_user_error(rc, out, err, "bad.db is damaged", "malformed")
+
+
+# --- 10: report / export outputs ------------------------------------------------------------------
+
+
+@pytest.fixture
+def one_run(here) -> str:
+    from vseam_run.store import RunStore
+
+    with RunStore(here / "r.db") as store:
+        rid = store.create_run(name="o", spec_yaml="name: o\n", spec_hash="h")
+        store.set_status(rid, "succeeded")
+    (here / "existing.csv").write_text("x\n")
+    (here / "folder").mkdir()
+    return rid
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["export", "RUN", "-o", "existing.csv"], "a file of that name exists"),
+    (["export", "RUN", "-o", "existing.csv/sub"], "is a file"),
+    (["export", "RUN", "-o", "/proc/vseam-x"], "/proc/vseam-x"),
+    (["report", "RUN", "-o", "folder"], "is a folder"),
+    (["report", "RUN", "-o", "existing.csv/r.html"], "is a file"),
+    (["report", "RUN", "-o", "/proc/vseam-r.html"], "cannot write"),
+])  # fmt: skip
+def test_unwritable_outputs_are_one_message(capsys, here, one_run, argv, fragment):
+    rc, out, err = call(capsys, *[one_run if a == "RUN" else a for a in argv], "--db", "r.db")
+    assert_user_error(rc, out, err, fragment)
+    assert (here / "existing.csv").read_text() == "x\n"
+
+
+# --- 13: the workdir ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workdir, fragment", [
+    ("", "workdir: is empty"),
+    ("/proc/vseam-wd", "cannot write to /proc/vseam-wd"),
+    ("spec.yaml/wd", "is a file"),
+])  # fmt: skip
+def test_workdir_that_cannot_be_written_is_refused_before_the_model_loads(capsys, here, tiny_llava_entry, monkeypatch, workdir, fragment):
+    from vseam_run.vlm import VLM
+
+    (here / "spec.yaml").write_text(BASELINE_SPEC.format(name="w", model=tiny_llava_entry))
+    monkeypatch.setattr(VLM, "load", classmethod(lambda *a: (_ for _ in ()).throw(AssertionError("loaded"))))
+    rc, out, err = call(capsys, "run", "spec.yaml", "--db", "r.db", "--set", f"workdir={workdir}")
+    assert_user_error(rc, out, err, fragment)
+    assert sorted(p.name for p in here.iterdir()) == ["spec.yaml"]  # nothing written into the current folder
+
+
+def test_validate_leaves_no_trace_of_the_workdir_probe(capsys, here, tiny_llava_entry):
+    (here / "spec.yaml").write_text(BASELINE_SPEC.format(name="w", model=tiny_llava_entry) + "workdir: a/b/c\n")
+    rc, out, err = call(capsys, "validate", "spec.yaml")
+    assert rc == 0, out + err
+    assert not (here / "a").exists()

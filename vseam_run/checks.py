@@ -115,7 +115,32 @@ def workdir_problems(workdir: Path) -> list[str]:
     if not os.access(probe, os.W_OK | os.X_OK):
         where = "it" if probe == path else f"the folder it would be made in, {probe},"
         return [f"workdir: cannot write to {workdir}: {where} is not writable (set workdir to a folder you can write)"]
-    return []
+    problem = _try_workdir(path)  # access() says yes for root, and in /proc or on a read-only mount
+    return [f"workdir: cannot write to {workdir}: {problem} (set workdir to a folder you can write)"] if problem else []
+
+
+def _try_workdir(path: Path) -> str | None:
+    """Make the folder and write a file in it, then remove all that this made; the error, if any."""
+    import tempfile
+
+    made: list[Path] = []
+    try:
+        for folder in reversed([path, *path.parents]):
+            if not folder.exists():
+                folder.mkdir()
+                made.append(folder)
+        fd, probe = tempfile.mkstemp(prefix=".vseam-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return e.strerror or str(e)
+    finally:
+        for folder in reversed(made):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+    return None
 
 
 def dataset_problems(spec: Spec) -> list[str]:

@@ -442,6 +442,15 @@ class Spec(_Strict):
                          "numbers, memory bounded by the batch instead of the split, some extra compute. search.stream "
                          "does it for the exact search alone.")
     workdir: Path = Field(Path(".vseam"), description="Cache (generated data, edits) and run artifacts live here.")
+
+    @field_validator("workdir", mode="before")
+    @classmethod
+    def _workdir_not_empty(cls, v: Any) -> Any:
+        # `--set workdir=` would otherwise be Path("") = the current folder, filled with caches.
+        if v is None or (isinstance(v, str) and not v.strip()):
+            raise ValueError("is empty; give a folder (default .vseam), or '.' for the current folder")
+        return v
+
     data: DataSpec
     edit: EditSpec | None = Field(None, description="Counterfactual edits; omit to skip.")
     trace: TraceSpec | None = Field(None, description="Causal tracing and logit lens on the edit pairs; needs edit.")
