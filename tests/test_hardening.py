@@ -618,3 +618,17 @@ def test_validate_leaves_no_trace_of_the_workdir_probe(capsys, here, tiny_llava_
     rc, out, err = call(capsys, "validate", "spec.yaml")
     assert rc == 0, out + err
     assert not (here / "a").exists()
+
+
+# --- 15: toy-world sizes are bounded ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting, fragment", [
+    ("data.toyworld.images=1000000000", "data.toyworld.images"),
+    ("data.toyworld.image_size=100000", "data.toyworld.image_size"),
+])  # fmt: skip
+def test_huge_toy_world_is_refused_at_once(capsys, here, setting, fragment):
+    (here / "s.yaml").write_text("name: x\nmodel: toy-llava\ndevice: cpu\ndata: {source: toyworld}\n")
+    rc, out, err = call(capsys, "run", "s.yaml", "--db", "r.db", "--set", setting)
+    assert_user_error(rc, out, err, fragment, "less than or equal")
+    assert not (here / "r.db").exists()

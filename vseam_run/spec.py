@@ -41,8 +41,11 @@ class ToyWorldSpec(_Strict):
     """Size of a generated toy-world question set (data.source: toyworld)."""
 
     seed: int | None = Field(None, description="World seed; defaults to the spec's seed.")
-    images: int = Field(300, ge=4, description="Number of scenes to generate (a few questions each).")
-    image_size: int = Field(32, ge=24, description="Scene size in pixels; must match the toy model.")
+    # Bounded: a billion scenes or 100000-pixel images were accepted and hung with no output.
+    images: int = Field(300, ge=4, le=20_000, description="Number of scenes to generate (a few questions each; "
+                        "at most 20000: a toy world is generated in memory before the first question is asked).")
+    image_size: int = Field(32, ge=24, le=1024, description="Scene size in pixels, 24 to 1024; must match the model: "
+                            "the shipped toy-llava and toy-instructblip were trained on 32-pixel scenes (patches of 8).")
 
 
 class DataSpec(_Strict):
