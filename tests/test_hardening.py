@@ -632,3 +632,34 @@ def test_huge_toy_world_is_refused_at_once(capsys, here, setting, fragment):
     rc, out, err = call(capsys, "run", "s.yaml", "--db", "r.db", "--set", setting)
     assert_user_error(rc, out, err, fragment, "less than or equal")
     assert not (here / "r.db").exists()
+
+
+# --- 16: compare of unfinished runs, a foreign database with a 'meta' table ---------------------------
+
+
+def test_compare_shows_an_unfinished_run_status(capsys, here):
+    import json
+
+    from vseam_run.store import RunStore
+
+    with RunStore(here / "r.db") as store:
+        a = store.create_run(name="a", spec_yaml="name: a\n", spec_hash="h")
+        store.log_metrics(a, {"baseline.accuracy": 0.5})
+        store.set_status(a, "succeeded")
+        b = store.create_run(name="b", spec_yaml="name: b\n", spec_hash="h2")
+        store.set_status(b, "interrupted")
+    rc, out, err = call(capsys, "compare", a, b, "--db", "r.db")
+    assert rc == 0, err
+    assert "interrupted" in out and "not every run finished" in out
+    rc, out, err = call(capsys, "compare", a, b, "--db", "r.db", "--json")
+    assert [r["status"] for r in json.loads(out)["runs"]] == ["succeeded", "interrupted"]
+
+
+def test_foreign_sqlite_with_a_meta_table(capsys, here):
+    import sqlite3
+
+    with sqlite3.connect(here / "other.db") as conn:
+        conn.execute("CREATE TABLE meta (name TEXT, data TEXT)")
+    rc, out, err = call(capsys, "runs", "--db", "other.db")
+    assert_user_error(rc, out, err, "not a vseam run registry", "meta")
+    assert "no such column" not in out + err and "lock" not in out + err

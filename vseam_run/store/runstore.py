@@ -224,6 +224,13 @@ class RunStore:
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7537656)")
             tables = set(inspect(conn).get_table_names())
             found: int | None = None
+            if "meta" in tables and not {"key", "value"} <= {c["name"] for c in inspect(conn).get_columns("meta")}:
+                # Someone else's table of that common name: not ours, whatever else is there.
+                raise VseamError(
+                    f"{self.where} is a database but not a vseam run registry (its 'meta' table has no key/value "
+                    f"columns; tables: {', '.join(sorted(tables))})",
+                    hint="pass --db with a vseam registry file, or a new path to start one",
+                )
             if "meta" in tables:
                 raw = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar_one_or_none()
                 found = int(raw) if raw is not None else None
