@@ -663,3 +663,70 @@ def test_foreign_sqlite_with_a_meta_table(capsys, here):
     rc, out, err = call(capsys, "runs", "--db", "other.db")
     assert_user_error(rc, out, err, "not a vseam run registry", "meta")
     assert "no such column" not in out + err and "lock" not in out + err
+
+
+# --- 8: trust_remote_code: validate and run agree, and both say what it means --------------------------
+
+REMOTE_CONFIG = '''
+import os
+import pathlib
+from transformers import LlavaConfig
+
+pathlib.Path(os.environ["VSEAM_TEST_MARK"]).write_text("yes")  # shows the checkpoint's code was run
+
+
+class MyLlavaConfig(LlavaConfig):
+    model_type = "my_llava"
+'''
+
+
+def _remote_code_checkpoint(src_entry: Path, dst: Path, trust: bool) -> Path:
+    import json
+    import shutil
+
+    import yaml
+
+    shutil.copytree(src_entry.parent / "ckpt", dst / "ckpt")
+    cfg = json.loads((dst / "ckpt" / "config.json").read_text())
+    cfg.update(model_type="my_llava", auto_map={"AutoConfig": "my_config.MyLlavaConfig"})
+    (dst / "ckpt" / "config.json").write_text(json.dumps(cfg))
+    (dst / "ckpt" / "my_config.py").write_text(REMOTE_CONFIG)
+    # transformers renames the older key layout by model_type; a new model_type gets none of that, so
+    # the weights are stored under the names the model uses (else item 2's check rightly refuses them).
+    from safetensors.torch import load_file, save_file
+
+    renames = [("language_model.lm_head.", "lm_head."), ("language_model.model.", "model.language_model."),
+               ("vision_tower.", "model.vision_tower."), ("multi_modal_projector.", "model.multi_modal_projector.")]
+    weights = load_file(dst / "ckpt" / "model.safetensors")
+    renamed = {}
+    for k, v in weights.items():
+        for old, new in renames:
+            if k.startswith(old):
+                k = new + k[len(old):]
+                break
+        renamed[k] = v
+    save_file(renamed, dst / "ckpt" / "model.safetensors", metadata={"format": "pt"})
+    doc = yaml.safe_load(src_entry.read_text())
+    doc.update(name="remote", trust_remote_code=trust)
+    (dst / "remote.yaml").write_text(yaml.safe_dump(doc))
+    return dst / "remote.yaml"
+
+
+def test_trust_remote_code_validate_and_run_agree(capsys, here, tiny_llava_entry, monkeypatch):
+    monkeypatch.setenv("VSEAM_TEST_MARK", str(here / "code_ran"))
+    entry = _remote_code_checkpoint(tiny_llava_entry, here / "m", trust=False)
+    (here / "spec.yaml").write_text(BASELINE_SPEC.format(name="rc", model=entry))
+    for argv in (["validate", "spec.yaml"], ["run", "spec.yaml", "--db", "r.db"]):
+        rc, out, err = call(capsys, *argv)
+        assert rc == 2 and "Traceback" not in out + err, out + err
+    assert not (here / "code_ran").exists()  # without the entry's word, no checkpoint code runs
+
+    trusted = _remote_code_checkpoint(tiny_llava_entry, here / "t", trust=True)
+    (here / "spec2.yaml").write_text(BASELINE_SPEC.format(name="rc", model=trusted))
+    rc, out, err = call(capsys, "validate", "spec2.yaml")
+    assert "not supported" not in out + err
+    assert "runs Python code from the checkpoint folder" in out, out + err
+    assert (here / "code_ran").exists(), out + err  # validate ran it, as the run will
+    rc2, out2, err2 = call(capsys, "run", "spec2.yaml", "--db", "r.db")
+    assert "runs Python code from the checkpoint folder" in out2 + err2, out2 + err2
+    assert rc == 0 and rc2 == 0, (out + err, out2 + err2)  # they agree: both load it, both say so

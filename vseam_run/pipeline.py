@@ -151,6 +151,8 @@ def _silent(_: Any) -> None:
 
 def _open_run(spec: Spec, store: RunStore, entry, device: torch.device, resume: str | None, force: bool, log: Log) -> str:
     """The run's id: `resume` checked and marked resumed, or a new run recorded."""
+    if entry.remote_code_notice():
+        log(entry.remote_code_notice())
     if resume:
         check_resumable(store, resume, spec, force=force)
         store.mark_resumed(resume)

@@ -134,6 +134,14 @@ class ModelEntry(BaseModel):
             path = (self._source.parent / path).resolve()
         return path
 
+    def remote_code_notice(self) -> str | None:
+        """What an entry with trust_remote_code does, said plainly (validate and run both print it)."""
+        if not self.trust_remote_code:
+            return None
+        where = self.resolved_path() or self.hf_id
+        return (f"note: registry entry '{self.name}' sets trust_remote_code: true: loading it runs Python code "
+                f"from the checkpoint folder ({where}); use it only for a checkpoint you trust")
+
     def to_yaml(self) -> str:
         # The allow-lists are dumped only when set, so entries without them hash as before.
         unset = {k for k in ("allow_missing_weights", "allow_unexpected_weights") if not getattr(self, k)}

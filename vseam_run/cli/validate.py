@@ -68,6 +68,8 @@ def _validate_entry(f: Path, entry) -> None:
     """Check an entry's module paths on its meta-device module tree; say what was checked."""
     from vseam_run.inspect_model import check_entry
 
+    if entry.remote_code_notice():
+        console().print(entry.remote_code_notice(), highlight=False, markup=False)
     check = check_entry(entry)
     if check.errors:
         raise SpecError(str(f), check.errors)
@@ -90,6 +92,9 @@ def _check_spec(path: Path, spec_only: bool) -> None:
     spec = load_spec(path)
     if spec_only:
         return
-    problems = machine_problems(spec, get_entry(spec.model))
+    entry = get_entry(spec.model)
+    if entry.remote_code_notice():
+        console().print(entry.remote_code_notice(), highlight=False, markup=False)
+    problems = machine_problems(spec, entry)
     if problems:
         raise SpecError(f"{path} (cannot run on this machine)", problems)
