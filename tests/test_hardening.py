@@ -730,3 +730,32 @@ def test_trust_remote_code_validate_and_run_agree(capsys, here, tiny_llava_entry
     rc2, out2, err2 = call(capsys, "run", "spec2.yaml", "--db", "r.db")
     assert "runs Python code from the checkpoint folder" in out2 + err2, out2 + err2
     assert rc == 0 and rc2 == 0, (out + err, out2 + err2)  # they agree: both load it, both say so
+
+
+# --- 12: classes and module paths of an entry ------------------------------------------------------
+
+
+def test_processor_class_must_be_a_processor(capsys, here, tiny_llava_entry):
+    import yaml
+
+    doc = yaml.safe_load(tiny_llava_entry.read_text())
+    doc.update(name="badproc", processor_class="TrainingArguments", path=str(tiny_llava_entry.parent / "ckpt"))
+    (here / "e.yaml").write_text(yaml.safe_dump(doc))
+    rc, out, err = call(capsys, "validate", "e.yaml")
+    assert_user_error(rc, out, err, "processor_class", "not a processor class")
+
+
+def test_o_proj_that_is_no_module_is_refused_by_the_run_preflight(capsys, here, tiny_llava_entry, monkeypatch):
+    import yaml
+
+    from vseam_run.vlm import VLM
+
+    doc = yaml.safe_load(tiny_llava_entry.read_text())
+    doc["modules"]["o_proj"] = "self_attn.o_proj.weight"  # a tensor, not a module
+    doc.update(name="badpath", path=str(tiny_llava_entry.parent / "ckpt"))
+    (here / "e.yaml").write_text(yaml.safe_dump(doc))
+    (here / "spec.yaml").write_text(BASELINE_SPEC.format(name="p", model=here / "e.yaml"))
+    monkeypatch.setattr(VLM, "load", classmethod(lambda *a: (_ for _ in ()).throw(AssertionError("loaded"))))
+    for argv in (["validate", "e.yaml"], ["validate", "spec.yaml"], ["run", "spec.yaml", "--db", "r.db"]):
+        rc, out, err = call(capsys, *argv)
+        assert_user_error(rc, out, err, "o_proj")

@@ -56,9 +56,24 @@ def machine_problems(spec: Spec, entry: ModelEntry) -> list[str]:
         from vseam_run.weights_check import checkpoint_problems
 
         problems += checkpoint_problems(entry, source)  # tensors missing from some layers (issue 25)
+        problems += _module_path_problems(entry)
     problems += workdir_problems(Path(spec.workdir))
     problems += dataset_problems(spec)
     return problems
+
+
+def _module_path_problems(entry: ModelEntry) -> list[str]:
+    """The entry's module paths on a meta-device model from its config (as `vseam validate ENTRY`
+    does), so a path to something that is no module is refused before the weights load."""
+    from vseam_run.inspect_model import check_entry
+
+    try:
+        check = check_entry(entry)
+    except VseamError as e:
+        return [f"model: {e}"]
+    except Exception:  # a config the meta build cannot take: the load checks the paths again
+        return []
+    return [f"model (registry entry '{entry.name}'): {e}" for e in check.errors]
 
 
 def model_heads(entry: ModelEntry, source: str) -> HeadCount:

@@ -106,6 +106,21 @@ class ModelEntry(BaseModel):
             raise ValueError(f"'{v}' is not a model class (a transformers PreTrainedModel){hint}")
         return v
 
+    @field_validator("processor_class")
+    @classmethod
+    def _is_processor_class(cls, v: str) -> str:
+        import transformers
+
+        # Only a processor where a processor is meant: TrainingArguments or a model class is a class
+        # in the namespace too, and failed only at load.
+        found = getattr(transformers, v, None)
+        allowed = (transformers.ProcessorMixin, transformers.AutoProcessor)
+        if isinstance(found, type) and not (issubclass(found, allowed[0]) or found is allowed[1]):
+            close = difflib.get_close_matches(v, [n for n in dir(transformers) if n.endswith("Processor")], n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; AutoProcessor picks the checkpoint's own"
+            raise ValueError(f"'{v}' is not a processor class (a transformers ProcessorMixin, or AutoProcessor){hint}")
+        return v
+
     @model_validator(mode="after")
     def _has_weights_location(self) -> "ModelEntry":
         if not self.hf_id and not self.path:
