@@ -54,6 +54,10 @@ def machine_problems(spec: Spec, entry: ModelEntry) -> list[str]:
         except VseamError as e:
             problems.append(f"model: {e}")
         problems += prompt_problems_here(entry)
+        from vseam_run.weights_check import checkpoint_problems
+
+        problems += checkpoint_problems(entry, source)  # tensors missing from some layers (issue 25)
+        problems += _module_path_problems(entry)
     problems += workdir_problems(Path(spec.workdir))
     problems += dataset_problems(spec)
     return problems
@@ -65,6 +69,20 @@ def prompt_problems_here(entry: ModelEntry) -> list[str]:
 
     processor = load_processor(entry)
     return [f"model: {p}" for p in prompt_problems(entry, processor)] if processor is not None else []
+
+
+def _module_path_problems(entry: ModelEntry) -> list[str]:
+    """The entry's module paths on a meta-device model from its config (as `vseam validate ENTRY`
+    does), so a path to something that is no module is refused before the weights load."""
+    from vseam_run.inspect_model import check_entry
+
+    try:
+        check = check_entry(entry)
+    except VseamError as e:
+        return [f"model: {e}"]
+    except Exception:  # a config the meta build cannot take: the load checks the paths again
+        return []
+    return [f"model (registry entry '{entry.name}'): {e}" for e in check.errors]
 
 
 def model_heads(entry: ModelEntry, source: str) -> HeadCount:
@@ -121,7 +139,32 @@ def workdir_problems(workdir: Path) -> list[str]:
     if not os.access(probe, os.W_OK | os.X_OK):
         where = "it" if probe == path else f"the folder it would be made in, {probe},"
         return [f"workdir: cannot write to {workdir}: {where} is not writable (set workdir to a folder you can write)"]
-    return []
+    problem = _try_workdir(path)  # access() says yes for root, and in /proc or on a read-only mount
+    return [f"workdir: cannot write to {workdir}: {problem} (set workdir to a folder you can write)"] if problem else []
+
+
+def _try_workdir(path: Path) -> str | None:
+    """Make the folder and write a file in it, then remove all that this made; the error, if any."""
+    import tempfile
+
+    made: list[Path] = []
+    try:
+        for folder in reversed([path, *path.parents]):
+            if not folder.exists():
+                folder.mkdir()
+                made.append(folder)
+        fd, probe = tempfile.mkstemp(prefix=".vseam-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return e.strerror or str(e)
+    finally:
+        for folder in reversed(made):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+    return None
 
 
 def dataset_problems(spec: Spec) -> list[str]:

@@ -263,7 +263,8 @@ class Comparison:
 
     def to_json(self) -> dict[str, Any]:
         return jsonable({
-            "runs": [{"run_id": r.id, "name": r.name, "seed": r.seed, "model": r.model_name} for r in self.runs],
+            "runs": [{"run_id": r.id, "name": r.name, "seed": r.seed, "model": r.model_name, "status": r.shown_status()}
+                     for r in self.runs],
             "spec_diff": self.spec_diff, "env_diff": self.env_diff, "metrics": self.metrics,
             "heads": self.heads, "paired": self.paired,
         })

@@ -61,6 +61,9 @@ class Fingerprint:
     """Named part digests; `value` is the digest of them all."""
 
     parts: dict[str, str] = field(default_factory=dict)
+    #: File → content hash of the input files behind the part "files" (see `with_files`), kept
+    #: whole so a refusal can name the file that changed.
+    files: dict[str, str] = field(default_factory=dict)
 
     @property
     def value(self) -> str:
@@ -69,6 +72,14 @@ class Fingerprint:
     def changed(self, stored_parts: Mapping[str, str]) -> list[str]:
         """Names of the parts that differ from `stored_parts` (including ones added or dropped)."""
         return sorted(k for k in set(self.parts) | set(stored_parts) if self.parts.get(k) != stored_parts.get(k))
+
+    def with_files(self, files: Mapping[str, str]) -> "Fingerprint":
+        """This fingerprint plus the content of the input files read (`vseam_run.filestamps`)."""
+        return Fingerprint({**self.parts, "files": digest(dict(files))}, dict(files))
+
+    def changed_files(self, stored_files: Mapping[str, str]) -> list[str]:
+        """Files whose content differs from `stored_files` (added, removed or changed), in order."""
+        return sorted(k for k in set(self.files) | set(stored_files) if self.files.get(k) != stored_files.get(k))
 
 
 def fingerprint(**parts: Any) -> Fingerprint:

@@ -102,20 +102,23 @@ def _allow_download() -> bool:
     return os.environ.get("VSEAM_ALLOW_DOWNLOAD") == "1"
 
 
-def load_config(source: str, revision: str | None = None):
-    """The config of a checkpoint folder or a Hub id (local cache only unless VSEAM_ALLOW_DOWNLOAD=1)."""
+def load_config(source: str, revision: str | None = None, trust_remote_code: bool = False):
+    """The config of a checkpoint folder or a Hub id (local cache only unless VSEAM_ALLOW_DOWNLOAD=1).
+    `trust_remote_code` only where a registry entry says so: then, as `vseam run` does, the
+    checkpoint folder's own Python code is run."""
     from transformers import AutoConfig
 
     try:
         return AutoConfig.from_pretrained(
-            source, revision=revision, local_files_only=not _allow_download(), trust_remote_code=False
+            source, revision=revision, local_files_only=not _allow_download(), trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError, KeyError) as e:
         where = "folder" if Path(source).exists() else "Hub id"
         raise VseamError(
             f"cannot read the config of {source} ({where}): {str(e).splitlines()[0]}",
             hint=f"only config.json is needed: `hf download {source} config.json`, or set VSEAM_ALLOW_DOWNLOAD=1; "
-            "a model whose config needs trust_remote_code is not supported",
+            "a config that needs the checkpoint's own code loads only with trust_remote_code: true in its registry "
+            "entry (that runs Python code from the checkpoint folder)",
         ) from None
 
 
@@ -123,11 +126,11 @@ def cached_config(entry: ModelEntry):
     """The entry's checkpoint config if it is on this machine, else None (never downloads)."""
     path = entry.resolved_path()
     if path is not None:
-        return load_config(str(path)) if (path / "config.json").is_file() else None
+        return load_config(str(path), trust_remote_code=entry.trust_remote_code) if (path / "config.json").is_file() else None
     from huggingface_hub import try_to_load_from_cache
 
     if isinstance(try_to_load_from_cache(entry.hf_id, "config.json", revision=entry.revision), str):
-        return load_config(entry.hf_id, entry.revision)
+        return load_config(entry.hf_id, entry.revision, trust_remote_code=entry.trust_remote_code)
     return None
 
 

@@ -38,7 +38,7 @@ LEDGER_STAGE = "stage"
 # What a part name means, for the refusal message; parts not listed are shown by name.
 _PART_WORDS = {
     "model": "the model (registry entry, weights, device type, dtype or torch/transformers version)",
-    "questions": "the questions (ids, text, answers, images or splits)",
+    "questions": "the questions (ids, text, answers, image paths or splits)",
 }
 
 
@@ -78,7 +78,13 @@ class StageLedger:
             return False, None
         if entry.get("fingerprint") != fp.value:
             changed = fp.changed(entry.get("parts", {}))
-            words = "; ".join(_PART_WORDS.get(p, p) for p in changed) or "its inputs"
+            words = "; ".join(_PART_WORDS.get(p, p) for p in changed if p != "files")
+            if "files" in changed:
+                files = fp.changed_files(entry.get("files", {})) if entry.get("files") else []
+                shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+                words = "; ".join(w for w in (words, f"the content of input file(s) {shown}" if files
+                                              else "the input files (a result stored before files were fingerprinted)") if w)
+            words = words or "its inputs"
             raise VseamError(
                 f"run {self.run_id}: stage '{name}' finished earlier from other inputs; changed since: {words}",
                 hint="resuming would mix results of different inputs: start a new run (vseam run SPEC)",
@@ -107,6 +113,8 @@ class StageLedger:
     def mark(self, name: str, fp: Fingerprint, outputs: Any = None) -> None:
         """Record stage `name` as finished from `fp`, with the outputs later stages need."""
         entry = {"fingerprint": fp.value, "parts": fp.parts, "outputs": outputs}
+        if fp.files:
+            entry["files"] = fp.files
         self.store.save_checkpoint(self.run_id, LEDGER_STAGE, name, entry)
         self._done[name] = entry
         self.store.delete_checkpoints(self.run_id, self._units(name, fp))

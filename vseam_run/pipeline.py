@@ -151,10 +151,17 @@ def _silent(_: Any) -> None:
 
 def _open_run(spec: Spec, store: RunStore, entry, device: torch.device, resume: str | None, force: bool, log: Log) -> str:
     """The run's id: `resume` checked and marked resumed, or a new run recorded."""
+    if entry.remote_code_notice():
+        log(entry.remote_code_notice())
     if resume:
         check_resumable(store, resume, spec, force=force)
         store.mark_resumed(resume)
         log(f"resuming run {resume}")
+        gone = [a for a in store.get_run(resume).artifacts if a.state() != "present"]
+        if gone:  # e.g. the workdir was deleted: finished stages are not run again to redraw them
+            log(f"  {len(gone)} file(s) registered by finished stages are gone or changed: "
+                + ", ".join(Path(a.path).name for a in gone[:5]) + (" …" if len(gone) > 5 else "")
+                + "; `vseam show` marks them; their numbers are in the registry")
         return resume
     run_id = store.create_run(
         name=spec.name, spec_yaml=spec.to_yaml(), spec_hash=spec.content_hash(), model_name=entry.name,
@@ -257,7 +264,7 @@ class _Stages:
         splits = split_by_image(loaded.questions, spec.data.split.model_dump(), spec.seed)
         split_of = {q.qid: s for s, qs in splits.items() for q in qs}
         data_fp = fingerprint(data=spec.data, seed=spec.seed, questions=questions_part(loaded.questions, split_of),
-                              skipped=loaded.skipped)
+                              skipped=loaded.skipped).with_files(self._file_stamps(spec.data, spec.data.toyworld, loaded))
         self.stage("data", data_fp, lambda: self._record_data(loaded, splits))
         with self.timed("load_model"):
             dtype = resolve_dtype(spec.dtype, self.entry.dtype, self.device)
@@ -334,8 +341,23 @@ class _Stages:
             self.log("  every question of " + ", ".join(f"{k} answers {a!r}" for k, a in single.items())
                      + ": accuracy there cannot tell a model from one that always says so")
 
+    def _toy_params(self, toy) -> ToyWorldParams:
+        return ToyWorldParams(seed=toy.seed if toy.seed is not None else self.spec.seed, images=toy.images, image_size=toy.image_size)
+
+    def _file_stamps(self, d, toy, loaded: LoadResult) -> dict[str, str]:
+        """Content hashes of every file the data stage read (question files, images): a file changed
+        in place no longer matches the results computed from it (vseam_run/filestamps.py)."""
+        from vseam_run.data.toyworld import ensure_toyworld
+        from vseam_run.filestamps import CACHE_NAME, FileStamps, input_files
+
+        toy_root = ensure_toyworld(self._toy_params(toy), self.cache_dir) if d.source == "toyworld" else None
+        stamps = FileStamps(self.cache_dir / CACHE_NAME if dist.world().main else None)
+        files = stamps.stamps(input_files(d.source, Path(d.path) if d.path else None, loaded.questions, toy_root))
+        stamps.save()
+        return files
+
     def _load(self, d, toy) -> LoadResult:
-        params = ToyWorldParams(seed=toy.seed if toy.seed is not None else self.spec.seed, images=toy.images, image_size=toy.image_size)
+        params = self._toy_params(toy)
         return load_questions(
             d.source, d.path, d.images, level=d.level, categories=d.categories, limit=d.limit,
             on_missing_image=d.on_missing_image, toyworld=params, cache_dir=self.cache_dir,
@@ -473,9 +495,12 @@ class _Stages:
                        lambda: stage.side_by_side(self.metrics, scales, settings, sink))
         ev = spec.evaluate
         for extra in (ev.extra if ev else []):
+            with dist.main_first():
+                extra_loaded = self._load(extra, extra.toyworld)
             extra_fp = fingerprint(modulation=mod_fp, extra=extra, bootstrap=settings.bootstrap, seed=spec.seed,
-                                   batch_size=spec.batch_size, **self._generate_fp(extra.source))
-            self.stage(f"eval.{extra.name}", extra_fp, lambda extra=extra: self._evaluate_extra(extra, edits))
+                                   batch_size=spec.batch_size, **self._generate_fp(extra.source)).with_files(self._file_stamps(extra, extra.toyworld, extra_loaded))
+            self.stage(f"eval.{extra.name}", extra_fp,
+                       lambda extra=extra, loaded=extra_loaded: self._evaluate_extra(extra, loaded, edits))
         if ev is not None and ev.ablation is not None:
             ablation_fp = fingerprint(search=search_fp, questions=items_part(by_split["test"]), ablation=ev.ablation,
                                       seed=spec.seed, batch_size=spec.batch_size)
@@ -491,9 +516,7 @@ class _Stages:
             settings = replace(settings, answer_rule=self._generate(source).rule)
         stage.compare(scored, edits, prefix, label, settings, stage.Matcher.for_model(self.vlm, settings.answer_match), self._sink())
 
-    def _evaluate_extra(self, extra: ExtraDataSpec, edits) -> None:
-        with dist.main_first():
-            loaded = self._load(extra, extra.toyworld)
+    def _evaluate_extra(self, extra: ExtraDataSpec, loaded: LoadResult, edits) -> None:
         items, untokenizable = self._items(loaded.questions, {}, f"eval.{extra.name}")
         self._record_untokenizable(f"eval.{extra.name}", untokenizable)
         scored = ScoredSet(self.vlm, items, self.spec.batch_size, extra.name, stream=self.spec.stream)

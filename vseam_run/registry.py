@@ -106,11 +106,36 @@ class ModelEntry(BaseModel):
             raise ValueError(f"'{v}' is not a model class (a transformers PreTrainedModel){hint}")
         return v
 
+    @field_validator("processor_class")
+    @classmethod
+    def _is_processor_class(cls, v: str) -> str:
+        import transformers
+
+        # Only a processor where a processor is meant: TrainingArguments or a model class is a class
+        # in the namespace too, and failed only at load.
+        found = getattr(transformers, v, None)
+        allowed = (transformers.ProcessorMixin, transformers.AutoProcessor)
+        if isinstance(found, type) and not (issubclass(found, allowed[0]) or found is allowed[1]):
+            close = difflib.get_close_matches(v, [n for n in dir(transformers) if n.endswith("Processor")], n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else "; AutoProcessor picks the checkpoint's own"
+            raise ValueError(f"'{v}' is not a processor class (a transformers ProcessorMixin, or AutoProcessor){hint}")
+        return v
+
     @model_validator(mode="after")
     def _has_weights_location(self) -> "ModelEntry":
         if not self.hf_id and not self.path:
             raise ValueError("an entry needs hf_id or path")
         return self
+
+    allow_missing_weights: list[str] = Field(
+        default_factory=list,
+        description="Tensor names (fnmatch patterns) the checkpoint may lack; any other missing tensor refuses the "
+        "run, since transformers would fill it with random weights.",
+    )
+    allow_unexpected_weights: list[str] = Field(
+        default_factory=list,
+        description="Tensor names (fnmatch patterns) the checkpoint may hold that the model class has no place for.",
+    )
 
     # Where the entry came from; used to resolve relative paths.
     _source: Path | None = None
@@ -124,8 +149,18 @@ class ModelEntry(BaseModel):
             path = (self._source.parent / path).resolve()
         return path
 
+    def remote_code_notice(self) -> str | None:
+        """What an entry with trust_remote_code does, said plainly (validate and run both print it)."""
+        if not self.trust_remote_code:
+            return None
+        where = self.resolved_path() or self.hf_id
+        return (f"note: registry entry '{self.name}' sets trust_remote_code: true: loading it runs Python code "
+                f"from the checkpoint folder ({where}); use it only for a checkpoint you trust")
+
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+        # The allow-lists are dumped only when set, so entries without them hash as before.
+        unset = {k for k in ("allow_missing_weights", "allow_unexpected_weights") if not getattr(self, k)}
+        return yaml.safe_dump(self.model_dump(exclude=unset), sort_keys=False)
 
     def content_hash(self) -> str:
         return hashlib.sha256(self.to_yaml().encode()).hexdigest()

@@ -41,8 +41,11 @@ class ToyWorldSpec(_Strict):
     """Size of a generated toy-world question set (data.source: toyworld)."""
 
     seed: int | None = Field(None, description="World seed; defaults to the spec's seed.")
-    images: int = Field(300, ge=4, description="Number of scenes to generate (a few questions each).")
-    image_size: int = Field(32, ge=24, description="Scene size in pixels; must match the toy model.")
+    # Bounded: a billion scenes or 100000-pixel images were accepted and hung with no output.
+    images: int = Field(300, ge=4, le=20_000, description="Number of scenes to generate (a few questions each; "
+                        "at most 20000: a toy world is generated in memory before the first question is asked).")
+    image_size: int = Field(32, ge=24, le=1024, description="Scene size in pixels, 24 to 1024; must match the model: "
+                            "the shipped toy-llava and toy-instructblip were trained on 32-pixel scenes (patches of 8).")
 
 
 class DataSpec(_Strict):
@@ -388,7 +391,7 @@ class AblationSpec(_Strict):
 class ExtraDataSpec(_Strict):
     """A further dataset on which the chosen modulation is also evaluated (all of it: no split)."""
 
-    name: str = Field(description="Label used in metric names: eval.<name>.*")
+    name: str = Field(max_length=100, description="Label used in metric names: eval.<name>.* (at most 100 characters: stage names are stored in 128).")
     source: Literal["gqa", "pope", "cocoqa", "toyworld"]
     path: Path | None = None
     images: Path | None = None
@@ -438,7 +441,7 @@ class EvaluateSpec(_Strict):
 class Spec(_Strict):
     """One experiment: model, data, and the stages to run."""
 
-    name: str = Field(description="Run name shown in `vseam runs`.")
+    name: str = Field(max_length=256, description="Run name shown in `vseam runs` (at most 256 characters, the registry's limit on every database).")
     model: str = Field(description="Registry name (see `vseam models`) or a path to a registry YAML file.")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -451,6 +454,15 @@ class Spec(_Strict):
                          "numbers, memory bounded by the batch instead of the split, some extra compute. search.stream "
                          "does it for the exact search alone.")
     workdir: Path = Field(Path(".vseam"), description="Cache (generated data, edits) and run artifacts live here.")
+
+    @field_validator("workdir", mode="before")
+    @classmethod
+    def _workdir_not_empty(cls, v: Any) -> Any:
+        # `--set workdir=` would otherwise be Path("") = the current folder, filled with caches.
+        if v is None or (isinstance(v, str) and not v.strip()):
+            raise ValueError("is empty; give a folder (default .vseam), or '.' for the current folder")
+        return v
+
     data: DataSpec
     edit: EditSpec | None = Field(None, description="Counterfactual edits; omit to skip.")
     trace: TraceSpec | None = Field(None, description="Causal tracing and logit lens on the edit pairs; needs edit.")

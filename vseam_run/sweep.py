@@ -84,10 +84,10 @@ def new_sweep_id() -> str:
     return f"sweep-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
-def plan(spec_path: Path, sets: list[str]) -> Sweep:
+def plan(spec_path: Path, sets: list[str], sweep_id: str | None = None) -> Sweep:
     """Every grid point as a validated spec (a bad value fails here, naming its override)."""
     axes = parse_axes(sets)
-    sweep = Sweep(new_sweep_id(), axes)
+    sweep = Sweep(sweep_id or new_sweep_id(), axes)
     for combo in itertools.product(*(a.values for a in axes)):
         overrides = [f"{a.field}={v}" for a, v in zip(axes, combo)]
         sweep.points.append(SweepPoint(overrides, load_spec(spec_path, overrides)))
@@ -102,14 +102,19 @@ def run_sweep(sweep: Sweep, store: RunStore, *, log: Callable[[str], None],
     for spec in {id(p.spec): p.spec for p in sweep.points}.values():
         pipeline.preflight(spec)  # missing weights or data: stop before any work
     for i, point in enumerate(sweep.points, 1):
-        log(f"[{i}/{len(sweep.points)}] {' '.join(point.overrides) or '(no overrides)'}")
+        where = f"[{i}/{len(sweep.points)}] {' '.join(point.overrides) or '(no overrides)'}"
+        if point.status == "succeeded":  # a resumed sweep: finished points are kept, not recomputed
+            log(f"{where}: succeeded earlier (run {point.run_id})")
+            continue
+        resume = point.run_id  # an interrupted, failed or lost run of this point: continued where it stopped
+        log(where + (f": resuming run {resume}" if resume else ""))
 
         def tag(run_id: str, point: SweepPoint = point) -> None:
             point.run_id = run_id
             add_label(store, run_id, "sweep", sweep.sweep_id)
 
         try:
-            pipeline.run(point.spec, store, log=run_log or (lambda s: None), on_created=tag)
+            pipeline.run(point.spec, store, log=run_log or (lambda s: None), on_created=tag, resume=resume)
             point.status = "succeeded"
         except KeyboardInterrupt:
             point.status = "interrupted"
@@ -118,3 +123,60 @@ def run_sweep(sweep: Sweep, store: RunStore, *, log: Callable[[str], None],
             point.status, point.error = "failed", f"{type(e).__name__}: {e}"
             log(f"  failed: {point.error}")
     return sweep
+
+
+# --- resuming a sweep ----------------------------------------------------------------------------
+
+
+def _sweep_runs(store: RunStore, sweep_id: str) -> list:
+    from vseam_run.store.labels import runs_with
+
+    return [store.get_run(r) for r in dict.fromkeys(runs_with(store, "sweep", sweep_id))]
+
+
+def attach(sweep: Sweep, store: RunStore) -> None:
+    """Bind the runs an earlier attempt of `sweep` left to its points, by the content of their spec:
+    a point with a succeeded run is done; one with an unfinished run is resumed from it. A run of
+    the sweep that is no point of this grid means another spec or grid: refused."""
+    by_hash: dict[str, list[SweepPoint]] = {}
+    for p in sweep.points:
+        by_hash.setdefault(p.spec.content_hash(), []).append(p)
+    runs = _sweep_runs(store, sweep.sweep_id)
+    if not runs:
+        raise VseamError(f"no runs of sweep {sweep.sweep_id} in this registry",
+                         hint="check the sweep id (vseam runs lists sweeps) and --db")
+    for run in runs:  # oldest first: a later run of the same point replaces an earlier one
+        points = by_hash.get(run.spec_hash or "")
+        if points is None:
+            raise VseamError(
+                f"sweep {sweep.sweep_id}: run {run.id} was computed from a spec that is no point of this grid",
+                hint="resume a sweep with the spec file and --set values it was started with",
+            )
+        for p in points:
+            if p.status != "succeeded":
+                status = run.shown_status()
+                if status == "running":
+                    raise VseamError(f"sweep {sweep.sweep_id}: run {run.id} is still running",
+                                     hint="wait for it, or stop it, then resume the sweep")
+                p.run_id, p.status = run.id, "succeeded" if status == "succeeded" else "pending"
+
+
+def unfinished_sweep(sweep: Sweep, store: RunStore) -> str | None:
+    """The latest earlier sweep of exactly this grid that has a point not yet succeeded, if any."""
+    from vseam_run.store.labels import labels
+
+    hashes = {p.spec.content_hash() for p in sweep.points}
+    records = store.list_runs()
+    by_sweep: dict[str, list] = {}
+    for run_id, lab in labels(store, [r.id for r in records]).items():
+        for s in lab.sweeps:
+            by_sweep.setdefault(s, []).append(run_id)
+    status = {r.id: (r.spec_hash, r.shown_status()) for r in records}
+    found = []
+    for sid, ids in by_sweep.items():
+        if sid == sweep.sweep_id or not all(status[i][0] in hashes for i in ids):
+            continue
+        done = {status[i][0] for i in ids if status[i][1] == "succeeded"}
+        if done != hashes and not any(status[i][1] == "running" for i in ids):
+            found.append(sid)
+    return max(found) if found else None  # ids start with their UTC start time

@@ -349,12 +349,18 @@ class VLM:
         try:
             processor = proc_cls.from_pretrained(source, **kwargs)
             _check_prompt(entry, processor)  # before the weights are read
-            model = model_cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **kwargs)
+            model, loading_info = model_cls.from_pretrained(source, dtype=dtype, use_safetensors=True,
+                                                            output_loading_info=True, **kwargs)
         except (OSError, ValueError) as e:
             raise VseamError(
                 f"model '{entry.name}': cannot load weights from {source}: {str(e).splitlines()[0]}",
                 hint=_weights_hint(entry),
             ) from e
+        from vseam_run.weights_check import refusal
+
+        problem = refusal(entry, source, loading_info)  # a tensor left random: numbers that change per run
+        if problem is not None:
+            raise problem
         model.to(device).eval()
         model.requires_grad_(False)
         return cls(entry, model, processor, device, dtype)

@@ -16,12 +16,28 @@ class _LineLoader(yaml.SafeLoader):
     """SafeLoader that remembers the line of every mapping key, so errors can point into the file."""
 
 
+class DuplicateKey(yaml.YAMLError):
+    """A mapping gives one key twice: YAML would silently keep the last value."""
+
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"key '{key}' given twice (line {first} and line {second})")
+        self.key, self.first, self.second = key, first, second
+
+
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     mapping = yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
-    lines = {}
+    lines: dict[Any, int] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
-        lines[key] = key_node.start_mark.line + 1
+        line = key_node.start_mark.line + 1
+        if key == "<<" and key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # a merge key (<<: *base) may repeat and overrides on purpose
+        try:
+            if key in lines:
+                raise DuplicateKey(key, lines[key], line)
+        except TypeError:  # an unhashable key: SafeLoader has refused it already
+            pass
+        lines[key] = line
     loader.key_lines[id(mapping)] = (mapping, lines)
     return mapping
 
@@ -55,10 +71,30 @@ class LoadedYaml:
 def load_yaml(path: Path) -> LoadedYaml:
     """Safe-load a YAML file; a missing file or a syntax error is a VseamError naming file and line."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise VseamError(f"{path}: is a folder, not a YAML file", hint="give the path of the spec file itself")
+    if not path.exists():
         raise VseamError(f"{path}: file not found", hint="check the path")
-    text = path.read_text(encoding="utf-8")
-    return parse_yaml(text, str(path))
+    if not path.is_file():
+        raise VseamError(f"{path}: not a regular file (a device or pipe)", hint="give the path of a YAML file")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise VseamError(f"{path}: cannot read it: {e.strerror or e}") from None
+    return parse_yaml(decode_text(raw, str(path)), str(path))
+
+
+def decode_text(raw: bytes, source: str) -> str:
+    """UTF-8 text of a YAML file (a UTF-8 byte-order mark is allowed); anything else is one error
+    naming the line and byte, not a UnicodeDecodeError."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SpecError(source, ["the file is UTF-16; save it as UTF-8"])
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise SpecError(source, [f"not UTF-8 text: byte 0x{raw[e.start]:02x} on line {line} cannot be decoded; "
+                                 "save the file as UTF-8"]) from None
 
 
 def parse_yaml(text: str, source: str) -> LoadedYaml:
@@ -66,6 +102,8 @@ def parse_yaml(text: str, source: str) -> LoadedYaml:
     loader.key_lines = {}
     try:
         data = loader.get_single_data()
+    except DuplicateKey as e:
+        raise SpecError(source, [f"{e} (a YAML mapping keeps only the last value silently; remove one)"]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

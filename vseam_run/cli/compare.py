@@ -67,6 +67,12 @@ def compare(
         console().print(f"figure: {written}", highlight=False, markup=False)
 
 
+def _status_note(status: str | None) -> str:
+    if not status or status == "succeeded":
+        return ""
+    return f", [bold red]{status}[/]"
+
+
 def _short(value: Any) -> str:
     if isinstance(value, float):
         return fmt.num(value)
@@ -90,8 +96,12 @@ def _delta(d: float | None) -> Text:
 def _print_tables(c: dict[str, Any]) -> None:
     out = console()
     names = [f"{r['run_id']}" for r in c["runs"]]
-    out.print("runs: " + "   ".join(f"[bold]{chr(65 + i)}[/] [cyan]{r['run_id']}[/] ({r['name']}, seed {r['seed']})"
-                                   for i, r in enumerate(c["runs"])), highlight=False)
+    out.print("runs: " + "   ".join(f"[bold]{chr(65 + i)}[/] [cyan]{r['run_id']}[/] ({r['name']}, seed {r['seed']}"
+                                   + _status_note(r.get("status")) + ")" for i, r in enumerate(c["runs"])), highlight=False)
+    unfinished = [f"{chr(65 + i)} {r['status']}" for i, r in enumerate(c["runs"]) if r.get("status", "succeeded") != "succeeded"]
+    if unfinished:  # an unfinished run lacks the metrics of its later stages: blanks are not zeros
+        out.print(f"[yellow]not every run finished ({', '.join(unfinished)}): metrics of stages it did not reach are blank[/]",
+                  highlight=False)
     letters = [chr(65 + i) for i in range(len(names))]
     if c["spec_diff"]:
         t = Table(title="spec fields that differ", title_justify="left", header_style="bold")
@@ -164,8 +174,9 @@ def markdown(c: dict[str, Any]) -> str:
     """The comparison as Markdown: runs, spec differences, metrics, heads, paired tests."""
     letters = [chr(65 + i) for i in range(len(c["runs"]))]
     names = [r["run_id"] for r in c["runs"]]
-    parts = ["## Runs", _md_table(["", "run", "name", "seed", "model"],
-                                  [[x, r["run_id"], r["name"], str(r["seed"]), str(r["model"])] for x, r in zip(letters, c["runs"])])]
+    parts = ["## Runs", _md_table(["", "run", "name", "seed", "model", "status"],
+                                  [[x, r["run_id"], r["name"], str(r["seed"]), str(r["model"]), str(r.get("status", ""))]
+                                   for x, r in zip(letters, c["runs"])])]
     parts += ["## Spec fields that differ",
               _md_table(["field", *letters], [[d["field"], *(_short(v) for v in d["values"])] for d in c["spec_diff"]])
               if c["spec_diff"] else "The specs are identical."]

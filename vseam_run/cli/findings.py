@@ -111,12 +111,15 @@ def report(
       vseam report latest -o report.html
     """
     from vseam_run.html_report import build_report
+    from vseam_run.outputs import check_file, writing
 
+    check_file(output)  # before the report is built
     with open_registry(db) as store:
         run_id = store.resolve(run)
         html = build_report(store, run_id)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(html, encoding="utf-8")
+    with writing(output):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(html, encoding="utf-8")
     console().print(f"wrote {output} ({len(html) // 1024} KiB)", highlight=False, markup=False)
 
 
@@ -149,13 +152,17 @@ def export(
     from vseam_run import api
     from vseam_run.findings import load_runs_for
 
+    from vseam_run.outputs import check_folder, writing
+
     if format_ not in api.FORMATS:
         raise VseamError(f"--format {format_!r}: choose one of {', '.join(api.FORMATS)}")
+    check_folder(output)
     with open_registry(db) as store:
         ids = [r.id for r in load_runs_for(store, list(runs or []), sweep, tag)]
         if not ids:
             raise VseamError("vseam export: name runs, or give --sweep / --tag")
-        written = api.export_tables(store, ids, output, format_)
+        with writing(output):
+            written = api.export_tables(store, ids, output, format_)
     for name, (path, n) in written.items():
         console().print(f"{name:10s} {n:6d} rows  {path}", highlight=False, markup=False)
 

@@ -85,11 +85,13 @@ def rm(
     runs: Annotated[list[str], typer.Argument(help="Runs to remove: ids, unique prefixes or 'latest'.")],
     keep_files: Annotated[bool, typer.Option("--keep-files", help="Remove from the registry only; keep the artifacts folder.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask (never asked when stdin is not a terminal).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Remove runs that still look alive (running, fresh heartbeat) too.")] = False,
     db: DbOption = DEFAULT_DB,
 ) -> None:
     """Remove runs from the registry, with their artifacts folder.
 
-    Prints what was removed.
+    Prints what was removed. A run that still looks alive (status running, heartbeat fresh,
+    process present) is refused unless --force: removing it would make the live run die.
 
     In a terminal it asks first (unless --yes); in scripts it asks nothing.
 
@@ -103,6 +105,14 @@ def rm(
     with open_registry(db) as store:
         ids = list(dict.fromkeys(store.resolve(r) for r in runs))  # all resolved before anything is removed
         records = [store.get_run(i) for i in ids]
+        alive = [r for r in records if r.status == "running" and not r.is_lost()]
+        if alive and not force:
+            r = alive[0]
+            raise VseamError(
+                f"run {r.id} is still running (host {r.host}, pid {r.pid}, last heartbeat {r.heartbeat_age_s():.0f}s ago); "
+                "removing it would end it" + (f" (and {len(alive) - 1} more live run(s))" if len(alive) > 1 else ""),
+                hint="stop it first (Ctrl-C or kill PID), or, if you know it is dead, remove it with --force",
+            )
         folders = {r.id: ([] if keep_files else artifact_folders(r)) for r in records}
         if sys.stdin.isatty() and not yes:
             listing = "\n".join(f"  {r.id} ({r.name}, {r.status})" for r in records)

@@ -137,8 +137,12 @@ def _artifacts_table(run: RunRecord) -> Table:
     table.add_column("kind")
     table.add_column("path", overflow="fold")
     table.add_column("sha256", style="dim", no_wrap=True)
-    for a in run.artifacts:
-        table.add_row(a.kind, a.path, a.sha256[:12])
+    states = [a.state() for a in run.artifacts]
+    if any(s != "present" for s in states):  # deleted with the workdir, say, since the run wrote them
+        table.add_column("file")
+    for a, state in zip(run.artifacts, states):
+        table.add_row(a.kind, a.path, a.sha256[:12], *([state.upper() if state != "present" else "ok"]
+                                                        if any(s != "present" for s in states) else []))
     return table
 
 

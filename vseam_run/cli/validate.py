@@ -70,6 +70,8 @@ def _validate_entry(f: Path, entry) -> None:
 
     from vseam_run.prompt_check import load_processor, prompt_problems
 
+    if entry.remote_code_notice():
+        console().print(entry.remote_code_notice(), highlight=False, markup=False)
     check = check_entry(entry)
     processor = load_processor(entry)
     errors = check.errors + (prompt_problems(entry, processor) if processor is not None else [])
@@ -103,6 +105,9 @@ def _check_spec(path: Path, spec_only: bool) -> None:
     warn_ignored(spec)
     if spec_only:
         return
-    problems = machine_problems(spec, get_entry(spec.model))
+    entry = get_entry(spec.model)
+    if entry.remote_code_notice():
+        console().print(entry.remote_code_notice(), highlight=False, markup=False)
+    problems = machine_problems(spec, entry)
     if problems:
         raise SpecError(f"{path} (cannot run on this machine)", problems)

@@ -42,11 +42,24 @@ def connect_timeout() -> float:
     return value
 
 
+# Query parameters of a database URL that carry a credential (libpq's password, sslpassword,
+# sslkey passphrases; cloud drivers' tokens and secrets), masked wherever a URL is printed.
+_SECRET_PARAM = re.compile(r"(?i)(pass|pwd|secret|token|key|auth|credential)")
+_QUERY_SECRET = re.compile(r"(?i)([?&;][^=&\s]*(?:pass|pwd|secret|token|key|auth|credential)[^=&\s]*=)[^&\s'\"]*")
+
+
 def mask(text: str, password: str | None = None) -> str:
-    """`text` with the URL password (and any user:password@ in it) replaced by ***."""
+    """`text` with the URL password, any user:password@ and any credential query parameter
+    (`?password=...`, `sslpassword`, `token`, ...) replaced by ***."""
     if password:
         text = text.replace(password, "***")
-    return _URL_PASSWORD.sub(r"\1***@", text)
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    return _QUERY_SECRET.sub(r"\1***", text)
+
+
+def display(url: URL) -> str:
+    """The URL as it may be printed: no password, and credential query parameters masked."""
+    return mask(url.render_as_string(hide_password=True))
 
 
 def with_default_driver(url: URL) -> URL:
@@ -141,6 +154,25 @@ def classify(where: str, error: BaseException, *, is_sqlite: bool, password: str
             hint="check that the file is writable and not locked by another program, or pass --db with another path",
         )
     return VseamError(f"cannot open run registry {where}: {detail}", hint="check the URL given with --db")
+
+
+_DAMAGED = ("malformed", "not a database", "could not decode", "disk i/o error", "corrupt")
+
+
+def query_error(where: str, error: BaseException) -> VseamError:
+    """One clear VseamError for a query of an open registry that failed (DatabaseError)."""
+    orig = getattr(error, "orig", None) or error
+    first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
+    detail = mask(first[:200] + ("…" if len(first) > 200 else ""))
+    if any(s in str(orig).lower() for s in _DAMAGED):
+        return VseamError(
+            f"run registry {where} is damaged: {detail}",
+            hint="restore it from a backup (`sqlite3 FILE .recover` may save what is left), or pass --db with another path",
+        )
+    return VseamError(
+        f"run registry {where}: {detail}",
+        hint="check that the file is writable and not locked, or pass --db with another path",
+    )
 
 
 def _importable(module: str) -> bool:

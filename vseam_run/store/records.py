@@ -27,6 +27,17 @@ class ArtifactRecord:
     size_bytes: int
     created_at: datetime
 
+    def state(self) -> str:
+        """"present", or "missing" (deleted since, e.g. with its workdir) or "changed" (another size
+        than when it was registered); a cheap look, the file is not hashed."""
+        import os
+
+        try:
+            size = os.stat(self.path).st_size
+        except OSError:
+            return "missing"
+        return "present" if size == self.size_bytes else "changed"
+
 
 @dataclass(frozen=True)
 class RunRecord:

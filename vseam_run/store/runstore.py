@@ -183,12 +183,15 @@ class RunStore:
         if "://" in target:
             try:
                 url = connect.with_default_driver(make_url(target))
-            except ArgumentError as e:
+                url.port  # a port that is not a number, an unclosed [IPv6 bracket: ValueError here, not later
+            except (ArgumentError, ValueError) as e:
+                why = connect.mask(str(e)) if isinstance(e, ArgumentError) else (
+                    "its port is not a number (an IPv6 host goes in brackets: postgresql://[::1]:5432/db)")
                 raise VseamError(
-                    f"--db {connect.mask(target)!r} is not a valid SQLAlchemy URL: {connect.mask(str(e))}",
+                    f"--db {connect.mask(target)!r} is not a valid SQLAlchemy URL: {why}",
                     hint="e.g. postgresql+psycopg://user@host/vseam or sqlite:///runs.db",
                 ) from None
-            where = url.render_as_string(hide_password=True)
+            where = connect.display(url)
             if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
                 _check_sqlite_path(Path(url.database), where=where, must_exist=must_exist)
             try:
@@ -199,7 +202,8 @@ class RunStore:
                 raise VseamError(f"cannot open run registry {where}: {connect.mask(str(e), url.password)}") from None
             if url.get_backend_name() == "sqlite":
                 _install_sqlite_pragmas(engine, wal=url.database not in (None, "", ":memory:"))
-            return engine, where, url.password
+            secrets = [str(v) for k, v in url.query.items() if connect._SECRET_PARAM.search(k) and isinstance(v, str)]
+            return engine, where, url.password or (secrets[0] if secrets else None)
         path = Path(target).expanduser()
         _check_sqlite_path(path, where=str(path), must_exist=must_exist)
         # A generous lock timeout: a query from another terminal may briefly hold the file.
@@ -220,6 +224,13 @@ class RunStore:
                 conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7537656)")
             tables = set(inspect(conn).get_table_names())
             found: int | None = None
+            if "meta" in tables and not {"key", "value"} <= {c["name"] for c in inspect(conn).get_columns("meta")}:
+                # Someone else's table of that common name: not ours, whatever else is there.
+                raise VseamError(
+                    f"{self.where} is a database but not a vseam run registry (its 'meta' table has no key/value "
+                    f"columns; tables: {', '.join(sorted(tables))})",
+                    hint="pass --db with a vseam registry file, or a new path to start one",
+                )
             if "meta" in tables:
                 raw = conn.execute(select(Meta.value).where(Meta.key == "schema_version")).scalar_one_or_none()
                 found = int(raw) if raw is not None else None
@@ -260,12 +271,9 @@ class RunStore:
         try:
             with _TX_LOCK, self._sessions.begin() as session:
                 yield session
-        except OperationalError as e:
-            # Disk full, read-only file, a lock held too long: the user can act on these.
-            raise VseamError(
-                f"run registry {self.where}: {connect.mask(str(e.orig))}",
-                hint="check that the file is writable and not locked, or pass --db with another path",
-            ) from e
+        except DatabaseError as e:
+            # Disk full, read-only file, a lock held too long, a damaged file: the user can act on these.
+            raise connect.query_error(self.where, e) from e
 
     def _run(self, session: Session, run_id: str) -> Run:
         run = session.get(Run, run_id)

@@ -110,7 +110,7 @@ def run_json(
         "resume_count": run.resume_count,
         "summary": run.summary,
         "metrics": dict(run.metrics),
-        "artifacts": [{"kind": a.kind, "path": a.path, "sha256": a.sha256} for a in run.artifacts],
+        "artifacts": [{"kind": a.kind, "path": a.path, "sha256": a.sha256, "state": a.state()} for a in run.artifacts],
         "question_results": dict(question_results or {}),
         "error": (
             {"message": run.error_message, "traceback": run.error_traceback}
