@@ -276,7 +276,9 @@ class _Stages:
         # and whether they are used at all is decided here.
         with self.timed("check"):
             self.record(self.vlm.self_check(items, fallback=spec.search is not None and spec.search.strategy == "reference"))
-            self.store.put_document(self.run_id, "check.shortcuts", self.vlm.shortcut_report())
+            # The check reruns on a resume; an unchanged verdict is not written again (its stamp stays).
+            if self.store.documents(self.run_id).get("check.shortcuts") != self.vlm.shortcut_report():
+                self.store.put_document(self.run_id, "check.shortcuts", self.vlm.shortcut_report())
         for name, sc in self.vlm.shortcut_report().items():
             if sc["state"] == "off":
                 self.log(f"  fast path '{name}' off for this model: {sc['reason']}")
