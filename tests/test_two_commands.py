@@ -7,6 +7,7 @@ Every command a target runs must go through the interpreter the user named.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -21,7 +22,13 @@ PY = "/nowhere/venv/bin/python"
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 @pytest.mark.parametrize("target", ["quickstart", "test", "bench"])
 def test_every_make_command_runs_through_PY(target):
-    out = subprocess.run(["make", "-n", target, f"PY={PY}"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    # Run as a top-level make: under `make test` (CI) the inherited MAKEFLAGS / MAKELEVEL would make
+    # the child print "make[1]: Entering directory" lines, which are make's, not the target's.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}
+    out = subprocess.run(
+        ["make", "--no-print-directory", "-n", target, f"PY={PY}"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, env=env,
+    )
     assert out.returncode == 0, out.stderr
     lines = [ln for ln in out.stdout.splitlines() if ln.strip()]
     assert lines
