@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vseam_run.errors import SpecError, VseamError
+from vseam_run.placement import DeviceMap, Quantization, check_device_map
 from vseam_run.yamlio import format_validation_error, load_yaml
 
 from vseam_run.shipped import PACKAGE_DIR, shipped_dir
@@ -125,7 +126,9 @@ class ModelEntry(BaseModel):
         return path
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(), sort_keys=False)
+        # Placement keys only when set: entries without them dump and hash as before.
+        unset = {k for k in ("device_map", "quantization") if getattr(self, k) is None}
+        return yaml.safe_dump(self.model_dump(exclude=unset), sort_keys=False)
 
     def content_hash(self) -> str:
         return hashlib.sha256(self.to_yaml().encode()).hexdigest()
@@ -136,6 +139,19 @@ class ModelEntry(BaseModel):
         description="Optional: the real architecture as transformers config kwargs, for `vseam validate` and "
         "`vseam bench search --preset` on machines without the checkpoint.",
     )
+    device_map: DeviceMap | None = Field(
+        None,
+        description="Spread the model over devices through accelerate: auto, balanced, balanced_low_0, sequential, or "
+        "an explicit map of module names to devices (0, cuda:1, cpu, disk). A spec's device_map wins.",
+    )
+    quantization: Quantization | None = Field(
+        None, description="Quantized weights through bitsandbytes, e.g. {bits: 4} or {bits: 8}. A spec's quantization wins."
+    )
+
+    @field_validator("device_map")
+    @classmethod
+    def _device_map_form(cls, v):
+        return check_device_map(v)
 
 
 def registry_dirs() -> list[Path]:

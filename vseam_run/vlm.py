@@ -316,15 +316,24 @@ class VLM:
             trust_remote_code=entry.trust_remote_code,
             local_files_only=os.environ.get("VSEAM_ALLOW_DOWNLOAD") != "1",
         )
+        from vseam_run import placement
+
+        placed = placement.load_kwargs(entry, device, dtype)  # device_map / quantization (placement.py)
         try:
             processor = proc_cls.from_pretrained(source, **kwargs)
-            model = model_cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **kwargs)
-        except (OSError, ValueError) as e:
+            model = model_cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **kwargs, **placed)
+        except (OSError, ValueError, ImportError, RuntimeError) as e:
+            if placed and not isinstance(e, OSError):
+                raise placement.load_error(entry, e) from e
             raise VseamError(
                 f"model '{entry.name}': cannot load weights from {source}: {str(e).splitlines()[0]}",
                 hint=_weights_hint(entry),
             ) from e
-        model.to(device).eval()
+        if placed:  # accelerate placed the weights; its hooks move each module's inputs
+            device = placement.input_device(model, device)
+        else:
+            model.to(device)
+        model.eval()
         model.requires_grad_(False)
         return cls(entry, model, processor, device, dtype)
 
@@ -529,12 +538,14 @@ class VLM:
             args, kwargs = prep.call(i, x)
             out = self.layers[i](*args, **kwargs)
             x = out if isinstance(out, torch.Tensor) else out[0]
-        return x
+        # Under a device map the layers' own hooks moved x between devices; what vseam keeps
+        # (cached hidden states, indexed by tensors on self.device) comes back to the input device.
+        return x.to(self.device)
 
     def _logits_at_last(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head at the last position (both act per position), then the
         output transforms some language models apply to their logits."""
-        logits = self.lm_head(self.final_norm(x[:, -1:]))[:, -1]
+        logits = self.lm_head(self.final_norm(x[:, -1:]))[:, -1].to(self.device)
         cfg = self.text_config
         cap = getattr(cfg, "final_logit_softcapping", None)
         if cap:
@@ -629,7 +640,9 @@ class VLM:
     def check_tolerance(self) -> float:
         """Largest allowed probability difference: float32 sums in another order differ by ~1e-7;
         half precision keeps ~3 significant digits."""
-        return 1e-4 if self.dtype == torch.float32 else 2e-2
+        from vseam_run.placement import check_tolerance
+
+        return check_tolerance(self.entry, self.dtype)  # quantized weights: see placement.check_tolerance
 
     @torch.no_grad()
     def self_check(self, items: Sequence[Any], *, fallback: bool = False) -> dict[str, float]:
@@ -664,7 +677,8 @@ class VLM:
         tail = (self.last_logits(prep).softmax(-1) - single).abs().max().item()
         if tail > tol:
             self.tail_only_ok = False
-        metrics = {"check.max_prob_diff": max(worst, tail if self.tail_only_ok else 0.0), "check.model_batch_diff": (batched - single).abs().max().item()}
+        metrics = {"check.max_prob_diff": max(worst, tail if self.tail_only_ok else 0.0), "check.model_batch_diff": (batched - single).abs().max().item(),
+                   "check.tolerance": tol}
         if worst > tol:
             msg = (f"model '{self.entry.name}' ({type(self.model).__name__}): vseam's fast path differs from the model's own "
                    f"forward pass by {worst:.3g} in last-position probability ({worst_name}; tolerance {tol:g}) on a "
@@ -692,7 +706,7 @@ class VLM:
 
     def score(self, logits: torch.Tensor, gold: torch.Tensor) -> Scores:
         """Gold-token probability and correctness (argmax == gold) from last-position logits."""
-        probs = logits.float().softmax(-1)
+        probs = logits.float().to(gold.device).softmax(-1)
         pred = probs.argmax(-1)
         return Scores(probs.gather(1, gold[:, None])[:, 0], pred, pred == gold)
 
