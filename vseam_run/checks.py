@@ -53,6 +53,9 @@ def machine_problems(spec: Spec, entry: ModelEntry) -> list[str]:
             problems += head_problems(spec, model_heads(entry, source), entry.name)
         except VseamError as e:
             problems.append(f"model: {e}")
+    from vseam_run.placement import placement_problems
+
+    problems += placement_problems(spec, entry)
     problems += workdir_problems(Path(spec.workdir))
     problems += dataset_problems(spec)
     return problems

@@ -123,6 +123,14 @@ def placement_problems(spec, entry) -> list[str]:
     problems: list[str] = []
     where = "device_map" if getattr(spec, "device_map", None) is not None else f"model ({entry.name}): device_map"
     dm = entry.device_map
+    if isinstance(dm, dict):
+        from vseam_run.vlm import weights_source
+
+        try:
+            problems += [p if p.startswith("model") else f"{where}: {p.removeprefix('device_map: ')}"
+                         for p in explicit_map_problems(entry, weights_source(entry))]
+        except VseamError:
+            pass  # missing weights are reported by the weights check
     if dm is not None:
         if importlib.util.find_spec("accelerate") is None:
             problems.append(f"{where}: needs accelerate (`pip install accelerate`)")
@@ -148,10 +156,56 @@ def placement_problems(spec, entry) -> list[str]:
     return problems
 
 
-def load_kwargs(entry, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+def explicit_map_problems(entry, source: str) -> list[str]:
+    """An explicit map must place every weight and name only modules that exist; checked on the
+    model built from its config on the meta device (no weights read). accelerate would otherwise
+    leave an unplaced module's weights behind (or fail deep inside the load)."""
+    import transformers
+
+    dm = entry.device_map
+    if not isinstance(dm, dict):
+        return []
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            source, trust_remote_code=entry.trust_remote_code, revision=entry.revision,
+            local_files_only=os.environ.get("VSEAM_ALLOW_DOWNLOAD") != "1")
+        with torch.device("meta"):
+            model = getattr(transformers, entry.model_class)._from_config(config)
+    except Exception as e:  # noqa: BLE001 - the load itself reports a broken checkpoint
+        return [f"model ({entry.name}): device_map cannot be checked: {type(e).__name__}: {str(e).splitlines()[0]}"]
+    modules = {n for n, _ in model.named_modules()}
+
+    def covered(name: str) -> bool:
+        return "" in dm or any(name == k or name.startswith(k + ".") for k in dm)
+
+    problems = []
+    unknown = [k for k in dm if k and k not in modules]
+    if unknown:
+        problems.append(f"device_map: {', '.join(map(repr, unknown[:5]))} {'is not a module' if len(unknown) == 1 else 'are not modules'} "
+                        f"of {entry.model_class}")
+    missing: list[str] = []
+    for name, _ in list(model.named_parameters()) + list(model.named_buffers()):
+        if not covered(name):
+            owner = name.rpartition(".")[0]
+            top = next((m for m in sorted(modules, key=len) if m and (owner == m or owner.startswith(m + "."))
+                        and not any(k.startswith(m + ".") or k == m for k in dm)), owner)
+            if top not in missing:
+                missing.append(top)
+    if missing:
+        problems.append(f"device_map places no device for {', '.join(missing[:6])}{' …' if len(missing) > 6 else ''} "
+                        f"of {entry.model_class}; add them to the map (or use device_map: auto)")
+    return problems
+
+
+def load_kwargs(entry, device: torch.device, dtype: torch.dtype, source: str | None = None) -> dict[str, Any]:
     """Extra from_pretrained arguments for the entry's placement ({} for a plain one-device load)."""
     if not is_placed(entry):
         return {}
+    if source is not None:
+        problems = explicit_map_problems(entry, source)
+        if problems:
+            raise VseamError(f"model '{entry.name}': " + "; ".join(problems),
+                             hint="print(model) lists the modules; the map's keys are their dotted names")
     kw: dict[str, Any] = {}
     dm = entry.device_map
     if dm is None:  # quantized weights on the one device of the run, loaded straight there
@@ -261,3 +315,18 @@ def load_error(entry, e: Exception) -> VseamError:
         hint="an explicit device_map must name every top-level module of the model (print(model) lists them; "
         "`auto` places them for you); quantization needs bitsandbytes",
     )
+
+
+def placement_report(vlm, log) -> dict[str, float]:
+    """Log where the weights went and return the run's metrics about it ({} for a plain load):
+    `model.devices` (distinct devices holding decoder layers, disk counted) and `model.quant_bits`."""
+    entry, out = vlm.entry, {}
+    if entry.device_map is not None:
+        where = describe(vlm.model, entry.modules.layers) or f"one device ({vlm.device})"
+        log(f"  device_map {entry.device_map if isinstance(entry.device_map, str) else 'explicit'}: {where}; inputs on {vlm.device}")
+        dm = getattr(vlm.model, "hf_device_map", {}) or {}
+        out["model.devices"] = float(len({str(d) for d in dm.values()}) or 1)
+    if entry.quantization is not None:
+        log(f"  quantized weights: {entry.quantization.label()} (bitsandbytes); self-check tolerance {vlm.check_tolerance():g}")
+        out["model.quant_bits"] = float(entry.quantization.bits)
+    return out

@@ -318,7 +318,7 @@ class VLM:
         )
         from vseam_run import placement
 
-        placed = placement.load_kwargs(entry, device, dtype)  # device_map / quantization (placement.py)
+        placed = placement.load_kwargs(entry, device, dtype, source)  # device_map / quantization (placement.py)
         try:
             processor = proc_cls.from_pretrained(source, **kwargs)
             model = model_cls.from_pretrained(source, dtype=dtype, use_safetensors=True, **kwargs, **placed)
