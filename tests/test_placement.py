@@ -209,3 +209,44 @@ def test_torchrun_with_a_device_map_is_refused(tiny_llava_entry, tmp_path, monke
     monkeypatch.setenv("WORLD_SIZE", "2")
     spec = Spec.model_validate(dict(name="x", model=str(tiny_llava_entry), data={"source": "toyworld"}, device_map="auto"))
     assert any("torchrun" in p for p in placement_problems(spec, load_entry_file(tiny_llava_entry)))
+
+
+def test_gpu_fit_counts_what_accelerate_would_place():
+    """The fit of llava-1.5-13b's real architecture (meta device): weights per dtype from the
+    parameter count, more GPUs for smaller ones, every decoder layer placed exactly once, and
+    a planner check that the chosen count is the fewest (one GPU fewer leaves modules over)."""
+    import transformers
+    from accelerate import infer_auto_device_map
+
+    from vseam_run.bench_preset import preset_config
+    from vseam_run.gpu_fit import DTYPES, meta_model, preset_fits
+    from vseam_run.registry import get_entry
+
+    entry = get_entry("llava-1.5-13b")
+    fits, assumes = preset_fits(entry, 24.0, rows=32, text_tokens=16)
+    by = {f.dtype: f for f in fits}
+    model = meta_model(transformers.LlavaForConditionalGeneration, preset_config(entry))
+    n_params = sum(p.numel() for p in model.parameters())
+    assert abs(by["float32"].weights_gib - n_params * 4 / 2**30) < 0.05
+    assert abs(by["bfloat16"].weights_gib - n_params * 2 / 2**30) < 0.05
+    assert by["nf4"].weights_gib < by["int8"].weights_gib < by["bfloat16"].weights_gib
+    assert by["float32"].gpus > by["bfloat16"].gpus >= by["int8"].gpus >= 1
+    for f in fits:
+        assert sum(f.layers_per_gpu) == 40 and len(f.layers_per_gpu) == f.gpus
+    f32 = by["float32"]
+    cap = int((24.0 - f32.reserve_gib) * 2**30)
+    fewer = infer_auto_device_map(model, max_memory={**{i: cap for i in range(f32.gpus - 1)}, "cpu": 0},
+                                  dtype=DTYPES["float32"][0], no_split_module_classes=model._no_split_modules)
+    assert not all(isinstance(d, int) for d in fewer.values())
+
+
+def test_bench_preset_fit_only_cli():
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "vseam_run", "bench", "search", "--preset", "llava-1.5-7b", "--gpu-memory", "16",
+                        "--fit-only", "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    fit = {f["dtype"]: f for f in json.loads(r.stdout)["fit"]}
+    assert fit["float32"]["gpus"] >= 2 and fit["nf4"]["gpus"] == 1
