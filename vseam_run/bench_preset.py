@@ -54,6 +54,8 @@ class PresetBench:
     text_tokens: int = 16
     width: int | None = None  # tests only: every width to this, one vision layer, 4 × 4 patches
     seed: int = 0
+    gpu_memory_gib: float = 80.0  # the GPUs the fit (gpu_fit.py) counts for the full model, per dtype
+    fit_only: bool = False  # only the fit: nothing is built or timed
 
 
 @dataclass
@@ -76,6 +78,8 @@ class PresetReport:
     memory_kind: str
     strategies: list[StrategyCost] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    fit: list[dict] = field(default_factory=list)  # per dtype: GPUs of gpu_memory_gib needed (gpu_fit.GpuFit)
+    fit_assumes: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -272,6 +276,14 @@ def run_preset_bench(cfg: PresetBench) -> PresetReport:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise VseamError("--device cuda: no CUDA GPU is available on this machine", hint="use --device cpu with --layers 1")
     dtype = getattr(torch, cfg.dtype)
+    from vseam_run.gpu_fit import preset_fits
+
+    fits, assumes = preset_fits(entry, cfg.gpu_memory_gib, cfg.batch_rows, cfg.text_tokens)
+    if cfg.fit_only:
+        tc = preset_config(entry).get_text_config()
+        arch = dict(layers=tc.num_hidden_layers, heads=tc.num_attention_heads, hidden=tc.hidden_size)
+        return PresetReport(cfg.preset, arch, str(device), cfg.dtype, 0, cfg.project, "not measured (--fit-only)",
+                            fit=[f.to_json() for f in fits], fit_assumes=assumes)
     config = preset_config(entry, cfg.layers, cfg.width)
     processor = bench_processor(config)
     model = materialize(getattr(transformers, entry.model_class), config, device, dtype, cfg.seed)
@@ -288,7 +300,8 @@ def run_preset_bench(cfg: PresetBench) -> PresetReport:
     )
     report = PresetReport(cfg.preset, arch, str(device), cfg.dtype, cfg.questions, cfg.project,
                           "torch.cuda.max_memory_allocated per strategy" if device.type == "cuda"
-                          else "peak RSS of the whole process so far (cannot be reset per strategy)")
+                          else "peak RSS of the whole process so far (cannot be reset per strategy)",
+                          fit=[f.to_json() for f in fits], fit_assumes=assumes)
     if cfg.layers is not None or cfg.width is not None:
         report.notes.append(f"shrunk: layers={cfg.layers}, width={cfg.width}; not the full model's cost")
     report.notes.append("projection = seconds per question × N; attribution's per-layer offsets cost a fixed "

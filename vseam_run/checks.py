@@ -58,6 +58,9 @@ def machine_problems(spec: Spec, entry: ModelEntry) -> list[str]:
 
         problems += checkpoint_problems(entry, source)  # tensors missing from some layers (issue 25)
         problems += _module_path_problems(entry)
+    from vseam_run.placement import placement_problems
+
+    problems += placement_problems(spec, entry)  # device_map / quantization (issue 23)
     problems += workdir_problems(Path(spec.workdir))
     problems += dataset_problems(spec)
     return problems

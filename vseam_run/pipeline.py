@@ -32,6 +32,7 @@ from vseam_run.data import LoadResult, load_questions
 from vseam_run.data.base import Question
 from vseam_run.data.toyworld import ToyWorldParams
 from vseam_run.device import resolve_device, resolve_dtype
+from vseam_run.placement import placement_report
 from vseam_run.errors import VseamError
 from vseam_run.fingerprint import Fingerprint, fingerprint, items_part, model_part, questions_part, spec_changes
 from vseam_run.ledger import StageCheckpointer, StageLedger
@@ -79,7 +80,9 @@ def preflight(spec: Spec) -> tuple[registry.ModelEntry, torch.device]:
     question file. All problems are reported together, at once."""
     from vseam_run.checks import machine_problems
 
-    entry = registry.get_entry(spec.model)
+    from vseam_run.placement import with_spec
+
+    entry = with_spec(registry.get_entry(spec.model), spec)  # the spec's device_map / quantization over the entry's
     problems = machine_problems(spec, entry)
     if spec.edit is not None:
         from vseam_run.stages.edit import edit_model_problems
@@ -270,6 +273,7 @@ class _Stages:
             dtype = resolve_dtype(spec.dtype, self.entry.dtype, self.device)
             silence_libraries()  # VSEAM_QUIET=1 also hides transformers' weight-loading bar
             self.vlm = VLM.load(self.entry, self.device, dtype)
+            self.record(placement_report(self.vlm, self.log))
         self.model = model_part(self.entry, self.device, dtype)
         items, untokenizable = self._items(loaded.questions, split_of, "data")
         # Every run, resumed ones too: the fast paths must give the model's own numbers (vlm.self_check),

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vseam_run.errors import SpecError, VseamError
+from vseam_run.placement import DeviceMap, Quantization, check_device_map
 from vseam_run.yamlio import format_validation_error, load_yaml
 
 from vseam_run.shipped import PACKAGE_DIR, shipped_dir
@@ -158,8 +159,9 @@ class ModelEntry(BaseModel):
                 f"from the checkpoint folder ({where}); use it only for a checkpoint you trust")
 
     def to_yaml(self) -> str:
-        # The allow-lists are dumped only when set, so entries without them hash as before.
+        # The allow-lists and placement keys are dumped only when set, so entries without them hash as before.
         unset = {k for k in ("allow_missing_weights", "allow_unexpected_weights") if not getattr(self, k)}
+        unset |= {k for k in ("device_map", "quantization") if getattr(self, k) is None}
         return yaml.safe_dump(self.model_dump(exclude=unset), sort_keys=False)
 
     def content_hash(self) -> str:
@@ -171,6 +173,19 @@ class ModelEntry(BaseModel):
         description="Optional: the real architecture as transformers config kwargs, for `vseam validate` and "
         "`vseam bench search --preset` on machines without the checkpoint.",
     )
+    device_map: DeviceMap | None = Field(
+        None,
+        description="Spread the model over devices through accelerate: auto, balanced, balanced_low_0, sequential, or "
+        "an explicit map of module names to devices (0, cuda:1, cpu, disk). A spec's device_map wins.",
+    )
+    quantization: Quantization | None = Field(
+        None, description="Quantized weights through bitsandbytes, e.g. {bits: 4} or {bits: 8}. A spec's quantization wins."
+    )
+
+    @field_validator("device_map")
+    @classmethod
+    def _device_map_form(cls, v):
+        return check_device_map(v)
 
 
 def registry_dirs() -> list[Path]:

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vseam_run.errors import SpecError, VseamError
+from vseam_run.placement import DeviceMap, Quantization, check_device_map
 from vseam_run.yamlio import LoadedYaml, format_validation_error, load_yaml
 
 
@@ -447,6 +448,11 @@ class Spec(_Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: the registry entry's dtype on CUDA, float32 on CPU."
     )
+    device_map: DeviceMap | None = Field(
+        None, description="Spread the model over devices (accelerate): auto, balanced, balanced_low_0, sequential or an "
+        "explicit map of module names to devices (0, cuda:1, cpu, disk); overrides the registry entry's.")
+    quantization: Quantization | None = Field(
+        None, description="Quantized weights (bitsandbytes), e.g. {bits: 4}; overrides the registry entry's.")
     seed: int = Field(0, ge=0, description="Seed for splits, generation and random baselines (≥ 0: numpy refuses negative seeds).")
     batch_size: int = Field(16, ge=1, description="Questions per forward pass.")
     stream: bool = Field(False, description="Every stage holds one batch of encoded inputs at a time (baseline, search, "
@@ -479,6 +485,11 @@ class Spec(_Strict):
             data = {**data, "modulation": {"policy": "linear", **data["modulation"]}}
         return data
 
+    @field_validator("device_map")
+    @classmethod
+    def _device_map_form(cls, v: Any) -> Any:
+        return check_device_map(v)
+
     @field_validator("device")
     @classmethod
     def _device_form(cls, v: str) -> str:
@@ -503,7 +514,9 @@ class Spec(_Strict):
         return self
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+        # Placement keys only when set: specs without them dump and hash as before.
+        unset = {k for k in ("device_map", "quantization") if getattr(self, k) is None}
+        return yaml.safe_dump(self.model_dump(mode="json", exclude=unset), sort_keys=False, allow_unicode=True)
 
     def content_hash(self) -> str:
         return hashlib.sha256(self.to_yaml().encode()).hexdigest()

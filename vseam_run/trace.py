@@ -223,7 +223,8 @@ def _patch(mask: torch.Tensor, source: torch.Tensor) -> Callable:
     def hook(_m, _args, out):
         x = _tensor_of(out)
         t = x.shape[1]
-        return _replace_tensor(out, torch.where(mask[:, -t:, None], source[:, -t:].to(x.dtype), x))
+        # .to(x.device): under a device map the module may sit on another device than the mask / source.
+        return _replace_tensor(out, torch.where(mask[:, -t:, None].to(x.device), source[:, -t:].to(x.device, x.dtype), x))
 
     return hook
 
@@ -561,7 +562,7 @@ def _run_rows(vlm: VLM, b: _Batch, hidden: torch.Tensor, win: range, acts: dict,
     for c, name in enumerate(COMPONENTS):
         mask = group_mask & (c_idx == c)[:, None]
         if mask.any():
-            hooks += [(component_module(vlm, k, name), _patch(mask, acts[k][name][src])) for k in win]
+            hooks += [(component_module(vlm, k, name), _patch(mask, acts[k][name][src.to(acts[k][name].device)])) for k in win]
     with forward_hooks(hooks):
         logits = vlm.run_from_layer(b.prep.rows(base), win.start, hidden[base])
     probs = logits.float().softmax(-1)
@@ -771,7 +772,7 @@ def _first_order(vlm: VLM, b: _Batch) -> np.ndarray:
         a = acts[(l, c)].detach().float()
         if g is None:
             continue
-        per_pos = (g.float() * (a[partner] - a)).sum(-1)  # [2n, T']
+        per_pos = (g.float() * (a[partner.to(a.device)] - a)).sum(-1).to(masks.device)  # [2n, T']
         t = per_pos.shape[1]
         out[:, l, COMPONENTS.index(c)] = torch.einsum("rgt,rt->rg", masks[:, :, -t:], per_pos).cpu().numpy()
     return out
@@ -800,7 +801,7 @@ def logit_lens(vlm: VLM, pairs: Sequence[TracePair], *, batch_size: int = 8) -> 
             vlm.last_logits(prep)
         tokens = torch.tensor([[p.clean_id, p.edited_id] for p in chunk], device=vlm.device)  # [n, 2]
         for l in range(L):
-            logits = vlm.lm_head(norm(outs[l][:, -1])).float()  # [2n, V]
+            logits = vlm.lm_head(norm(outs[l][:, -1])).float().to(vlm.device)  # [2n, V]
             probs = logits.softmax(-1)
             for im in range(2):
                 lg, pr = logits[im * n : (im + 1) * n], probs[im * n : (im + 1) * n]

@@ -346,12 +346,17 @@ class VLM:
             trust_remote_code=entry.trust_remote_code,
             local_files_only=os.environ.get("VSEAM_ALLOW_DOWNLOAD") != "1",
         )
+        from vseam_run import placement
+
+        placed = placement.load_kwargs(entry, device, dtype, source)  # device_map / quantization (placement.py)
         try:
             processor = proc_cls.from_pretrained(source, **kwargs)
             _check_prompt(entry, processor)  # before the weights are read
             model, loading_info = model_cls.from_pretrained(source, dtype=dtype, use_safetensors=True,
-                                                            output_loading_info=True, **kwargs)
-        except (OSError, ValueError) as e:
+                                                            output_loading_info=True, **kwargs, **placed)
+        except (OSError, ValueError, ImportError, RuntimeError) as e:
+            if placed and not isinstance(e, (OSError, VseamError)):
+                raise placement.load_error(entry, e) from e
             raise VseamError(
                 f"model '{entry.name}': cannot load weights from {source}: {str(e).splitlines()[0]}",
                 hint=_weights_hint(entry),
@@ -361,7 +366,11 @@ class VLM:
         problem = refusal(entry, source, loading_info)  # a tensor left random: numbers that change per run
         if problem is not None:
             raise problem
-        model.to(device).eval()
+        if placed:  # accelerate placed the weights; its hooks move each module's inputs
+            device = placement.input_device(model, device)
+        else:
+            model.to(device)
+        model.eval()
         model.requires_grad_(False)
         return cls(entry, model, processor, device, dtype)
 
@@ -573,12 +582,14 @@ class VLM:
             args, kwargs = prep.call(i, x)
             out = self.layers[i](*args, **kwargs)
             x = out if isinstance(out, torch.Tensor) else out[0]
-        return x
+        # Under a device map the layers' own hooks moved x between devices; what vseam keeps
+        # (cached hidden states, indexed by tensors on self.device) comes back to the input device.
+        return x.to(self.device)
 
     def _logits_at_last(self, x: torch.Tensor) -> torch.Tensor:
         """Final norm and LM head at the last position (both act per position), then the
         output transforms some language models apply to their logits."""
-        logits = self.lm_head(self.final_norm(x[:, -1:]))[:, -1]
+        logits = self.lm_head(self.final_norm(x[:, -1:]))[:, -1].to(self.device)  # lm_head may sit elsewhere
         if not getattr(self, "logit_transforms", True):  # the wrapper does not apply them (self-check)
             return logits.float()
         cfg = self.text_config
@@ -675,7 +686,9 @@ class VLM:
     def check_tolerance(self) -> float:
         """Largest allowed probability difference: float32 sums in another order differ by ~1e-7;
         half precision keeps ~3 significant digits."""
-        return 1e-4 if self.dtype == torch.float32 else 2e-2
+        from vseam_run.placement import check_tolerance
+
+        return check_tolerance(self.entry, self.dtype)  # quantized weights: see placement.check_tolerance
 
     def uses(self, name: str) -> bool:
         """Whether shortcut `name` may be used now: it passed the self-check on this model."""
@@ -798,7 +811,8 @@ class VLM:
             raise  # a refusal that names its reason (prepare's checks of the layer calls)
         except Exception as e:  # noqa: BLE001 - the replay failing on this model is a finding, not a crash
             worst_name, worst, failure = f"the replay raised {_why(e)}", float("inf"), e
-        metrics = {"check.max_prob_diff": worst, "check.model_batch_diff": (batched - single).abs().max().item()}
+        metrics = {"check.max_prob_diff": worst, "check.model_batch_diff": (batched - single).abs().max().item(),
+                   "check.tolerance": tol}  # per dtype / quantization (placement.check_tolerance)
         if self._has_logit_transforms():
             metrics["check.logit_transforms"] = 1.0 if getattr(self, "logit_transforms", True) else 0.0
         if not worst <= tol:
@@ -844,7 +858,7 @@ class VLM:
 
     def score(self, logits: torch.Tensor, gold: torch.Tensor) -> Scores:
         """Gold-token probability and correctness (argmax == gold) from last-position logits."""
-        probs = logits.float().softmax(-1)
+        probs = logits.float().to(gold.device).softmax(-1)
         pred = probs.argmax(-1)
         return Scores(probs.gather(1, gold[:, None])[:, 0], pred, pred == gold)
 

@@ -30,6 +30,8 @@ def search(
     strategies: Annotated[str, typer.Option(help="With --preset: comma-separated strategies to time.")] = ",".join(("reference", "exact", "attribution", "attribution+verify")),
     width: Annotated[int | None, typer.Option(hidden=True, help="Tests only: shrink every width (and the image grid).")] = None,
     scaling: Annotated[bool, typer.Option("--scaling/--no-scaling", help="Also time 4×4, 8×8 and 16×16 heads.")] = True,
+    gpu_memory: Annotated[float, typer.Option(help="With --preset: memory of one GPU (GiB) for the fit: how many GPUs the full model needs per dtype.")] = 80.0,
+    fit_only: Annotated[bool, typer.Option(help="With --preset: only the GPU fit (built on the meta device; nothing timed).")] = False,
     json_: JsonOption = False,
 ) -> None:
     """Time reference, exact, attribution and attribution+verify on one random LLaVA-architecture model,
@@ -41,6 +43,8 @@ def search(
 
       vseam bench search --preset llava-1.5-7b --layers 1 --strategies exact,attribution
 
+      vseam bench search --preset llava-1.5-13b --gpu-memory 24 --fit-only
+
       vseam bench search
 
       vseam bench search --json --no-scaling
@@ -51,7 +55,8 @@ def search(
 
     os.environ.setdefault("VSEAM_QUIET", "1")
     if preset:
-        _preset(preset, layers, questions or 4, project, device, dtype, strategies, batch_size, batch_rows or 32, width, json_)
+        _preset(preset, layers, questions or 4, project, device, dtype, strategies, batch_size, batch_rows or 32, width, json_,
+                gpu_memory, fit_only)
         return
     layers, questions, batch_rows = layers or 8, questions or 16, batch_rows or 8
     from vseam_run.bench import BenchModel, run_bench
@@ -89,7 +94,8 @@ def search(
 
 
 def _preset(name: str, layers: int | None, questions: int, project: int, device: str, dtype: str, strategies: str,
-            batch_size: int, batch_rows: int, width: int | None, json_: bool) -> None:
+            batch_size: int, batch_rows: int, width: int | None, json_: bool, gpu_memory: float = 80.0,
+            fit_only: bool = False) -> None:
     from vseam_run.bench_preset import PresetBench, run_preset_bench
     from vseam_run.errors import VseamError
 
@@ -97,9 +103,15 @@ def _preset(name: str, layers: int | None, questions: int, project: int, device:
         raise VseamError(f"--dtype {dtype}: choose float32, bfloat16 or float16")
     chosen = tuple(s.strip() for s in strategies.split(",") if s.strip())
     r = run_preset_bench(PresetBench(name, layers=layers, questions=questions, project=project, device=device, dtype=dtype,
-                                     strategies=chosen, batch_size=min(batch_size, questions), batch_rows=batch_rows, width=width))
+                                     strategies=chosen, batch_size=min(batch_size, questions), batch_rows=batch_rows, width=width,
+                                     gpu_memory_gib=gpu_memory, fit_only=fit_only))
     if json_:
         print_json(r.to_json())
+        return
+    from vseam_run.cli.bench_fit import print_fit
+
+    print_fit(r)
+    if fit_only:
         return
     a = r.architecture
     t = Table(title=f"{r.preset} (random weights): {a['layers']} layers × {a['heads']} heads ({a['kv_heads']} KV), hidden "
