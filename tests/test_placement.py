@@ -147,12 +147,15 @@ def test_quantized_fast_path_equals_its_own_forward(tiny, quant):
 
 
 @needs_bnb
-def test_int8_outliers_widen_the_recorded_tolerance(tiny):
+def test_int8_outliers_widen_the_recorded_tolerance(tiny, caplog):
     """LLM.int8 with outlier decomposition chooses outlier columns over the batch: the model's own
-    numbers move with the batch, the check allows (and records) 5e-2 and passes."""
+    numbers move with the batch, the check allows (and records) 5e-2 and passes. bitsandbytes'
+    per-matmul 'inputs will be cast to float16' warning (float32 run) is said once by the run, not per call."""
     _, _, _, items = tiny
     q = placed(tiny, "q8-outliers", quantization={"bits": 8})
-    metrics = q.self_check(items)
+    with caplog.at_level("WARNING"):
+        metrics = q.self_check(items)
+    assert not [r for r in caplog.records if "will be cast" in r.getMessage()]
     print(f"int8 threshold 6: self-check {metrics['check.max_prob_diff']:.3g}, model batch vs single "
           f"{metrics['check.model_batch_diff']:.3g}")
     assert metrics["check.tolerance"] == 5e-2 and metrics["check.max_prob_diff"] <= 5e-2

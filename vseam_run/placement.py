@@ -220,7 +220,25 @@ def load_kwargs(entry, device: torch.device, dtype: torch.dtype, source: str | N
         kw["offload_folder"] = os.environ.get("VSEAM_OFFLOAD_DIR") or tempfile.mkdtemp(prefix="vseam-offload-")
     if entry.quantization is not None:
         kw["quantization_config"] = entry.quantization.config(dtype)
+        if entry.quantization.bits == 8 and dtype != torch.float16:
+            _quiet_int8_cast()
     return kw
+
+
+class _Int8CastFilter:
+    """bitsandbytes logs 'MatMul8bitLt: inputs will be cast ... to float16' on every 8-bit matmul of a
+    non-float16 run (thousands of lines in a search); the run log says it once (placement_report)."""
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+
+
+def _quiet_int8_cast() -> None:
+    import logging
+
+    log = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _Int8CastFilter) for f in log.filters):
+        log.addFilter(_Int8CastFilter())
 
 
 def _accelerate_device(v: int | str) -> int | str:
@@ -327,6 +345,8 @@ def placement_report(vlm, log) -> dict[str, float]:
         dm = getattr(vlm.model, "hf_device_map", {}) or {}
         out["model.devices"] = float(len({str(d) for d in dm.values()}) or 1)
     if entry.quantization is not None:
-        log(f"  quantized weights: {entry.quantization.label()} (bitsandbytes); self-check tolerance {vlm.check_tolerance():g}")
+        cast = ("; its matmuls cast the run's inputs to float16 (LLM.int8)"
+                if entry.quantization.bits == 8 and vlm.dtype != torch.float16 else "")
+        log(f"  quantized weights: {entry.quantization.label()} (bitsandbytes); self-check tolerance {vlm.check_tolerance():g}{cast}")
         out["model.quant_bits"] = float(entry.quantization.bits)
     return out
