@@ -19,17 +19,11 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from tests.conftest import WORDS
-from tests.test_placement import LM, _sampled_reference_diff, _search
+from tests.test_placement import LM, _sampled_reference_diff, _search, tiny_model
+from tests.test_placement import placed as placed_on
 from vseam_run import trace as tr
-from vseam_run.data import toyworld
-from vseam_run.registry import load_entry_file
-from vseam_run.scoring import Item
 from vseam_run.vlm import VLM
-from vseam_run.zoo.build import TinyVLMConfig
-from vseam_run.zoo.families import family_images, write_family
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
@@ -46,24 +40,11 @@ CUDA = torch.device("cuda")
 def tiny_cuda(tmp_path_factory):
     """(folder, entry dict, plain VLM on one GPU, items): the 4-layer LLaVA of test_placement, on CUDA."""
     folder = tmp_path_factory.mktemp("placed-gpu")
-    path, fam = write_family("llava", folder, WORDS, TinyVLMConfig(text_layers=4, text_heads=4, text_kv_heads=2, seed=1))
-    plain = VLM.load(load_entry_file(path), CUDA, torch.float32)
-    ex = toyworld.sample_examples(5, 3, 32)
-    items = []
-    for i, (im, e) in enumerate(zip(family_images(fam, 3, seed=2), ex)):
-        q = e.question + " ?" * i  # unequal lengths: the batch is padded
-        with torch.no_grad():
-            top = int(plain.model(**plain.encode([im], [q])).logits[0, -1].argmax())
-        items.append(Item(str(i), im, q, e.answer, top, "c"))
-    plain.self_check(items)
-    return folder, yaml.safe_load(path.read_text()), plain, items
+    return (folder, *tiny_model(folder, CUDA))
 
 
 def placed(tiny, name: str, dtype: torch.dtype = torch.float32, **keys) -> VLM:
-    folder, entry, _, _ = tiny
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({**entry, "name": name, **keys}))
-    return VLM.load(load_entry_file(path), CUDA, dtype)
+    return placed_on(tiny, name, CUDA, dtype, **keys)
 
 
 @pytest.fixture(scope="module")

@@ -40,12 +40,11 @@ OFFLOAD = {"model.vision_tower": "cpu", "model.multi_modal_projector": "cpu", f"
 needs_bnb = pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes not installed")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """(folder, entry dict, plain VLM, items): a 4-layer LLaVA with scaled weights, 3 padded questions."""
-    folder = tmp_path_factory.mktemp("placed")
+def tiny_model(folder: Path, device: torch.device) -> tuple[dict, VLM, list[Item]]:
+    """(entry dict, plain VLM, items): a 4-layer LLaVA with scaled weights on `device`, 3 padded
+    questions, self-checked as in a run (so the shortcuts the placed loads compare with are on here too)."""
     path, fam = write_family("llava", folder, WORDS, TinyVLMConfig(text_layers=4, text_heads=4, text_kv_heads=2, seed=1))
-    plain = VLM.load(load_entry_file(path), CPU, torch.float32)
+    plain = VLM.load(load_entry_file(path), device, torch.float32)
     ex = toyworld.sample_examples(5, 3, 32)
     images = family_images(fam, 3, seed=2)
     items = []
@@ -54,15 +53,22 @@ def tiny(tmp_path_factory):
         with torch.no_grad():
             top = int(plain.model(**plain.encode([im], [q])).logits[0, -1].argmax())
         items.append(Item(str(i), im, q, e.answer, top, "c"))
-    plain.self_check(items)  # as in a run: the shortcuts the placed loads compare with are on here too
-    return folder, yaml.safe_load(path.read_text()), plain, items
+    plain.self_check(items)
+    return yaml.safe_load(path.read_text()), plain, items
 
 
-def placed(tiny, name: str, **keys) -> VLM:
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(folder, entry dict, plain VLM, items) on the CPU (see tiny_model)."""
+    folder = tmp_path_factory.mktemp("placed")
+    return (folder, *tiny_model(folder, CPU))
+
+
+def placed(tiny, name: str, device: torch.device = CPU, dtype: torch.dtype = torch.float32, **keys) -> VLM:
     folder, entry, _, _ = tiny
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump({**entry, "name": name, **keys}))
-    return VLM.load(load_entry_file(path), CPU, torch.float32)
+    return VLM.load(load_entry_file(path), device, dtype)
 
 
 def _search(vlm, items, strategy="exact"):
