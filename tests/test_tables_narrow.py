@@ -72,3 +72,70 @@ def test_compare_says_why_no_paired_test_and_lists_seed_once(tmp_path, capsys):
     assert "no paired test A vs B: the runs share no questions" in out and "data.toyworld" in out, out
     assert "environment differences" not in out  # seed is a spec field: listed there, once
     assert sum(1 for line in out.splitlines() if line.strip("│ ").startswith("seed ")) == 1, out
+
+
+def test_names_wrapped_mid_word_by_plain_rich(tmp_path, capsys, monkeypatch):
+    """The premise of the test above: without the whole-keeping console, rich at 50 columns drops
+    or cuts the name ("quicksta/rt"), so that test would catch a regression."""
+    from rich.console import Console as Plain
+
+    db = tmp_path / "runs.db"
+    with RunStore(str(db)) as store:
+        rid = store.create_run(name="quickstart", spec_yaml="name: quickstart\n", spec_hash="h", model_name="toy-instructblip", seed=0)
+        store.set_status(rid, "succeeded")
+    monkeypatch.setenv("COLUMNS", "50")
+    monkeypatch.setattr(common._WholeConsole, "print", Plain.print)
+    capsys.readouterr()
+    assert cli(["runs", "--db", str(db)]) == 0
+    assert "quickstart" not in capsys.readouterr().out
+
+
+def test_sweep_ends_with_the_swept_metrics(tmp_path, capsys, monkeypatch):
+    """The closing table of `vseam sweep` shows each point's headline numbers, not just its status.
+    The pipeline is replaced by one that records a known accuracy per seed (the wiring is tested,
+    not the model)."""
+    from pathlib import Path
+
+    from vseam_run import pipeline
+
+    monkeypatch.setattr(pipeline, "preflight", lambda spec: None)
+
+    def fake_run(spec, store, *, log, on_created, resume=None):
+        rid = store.create_run(name=spec.name, spec_yaml=f"name: {spec.name}\nseed: {spec.seed}\n",
+                               spec_hash=f"h{spec.seed}", model_name="toy", seed=spec.seed)
+        on_created(rid)
+        store.log_metrics(rid, {"baseline.accuracy": 0.125 * (spec.seed + 1), "eval.test.accuracy.modulated": 0.75,
+                                "not.a.headline": 9.0})
+        store.set_status(rid, "succeeded")
+        return rid
+
+    monkeypatch.setattr(pipeline, "run", fake_run)
+    spec = Path(__file__).resolve().parents[1] / "specs" / "quickstart.yaml"
+    db = str(tmp_path / "runs.db")
+    capsys.readouterr()
+    assert cli(["sweep", str(spec), "--set", "seed=0,2", "--db", db]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("┏"):]  # the closing table
+    assert "baseline.accuracy" in table and "eval.test.accuracy.modulated" in table, out
+    assert "not.a.headline" not in table
+    rows = [line for line in table.splitlines() if "succeeded" in line]
+    assert len(rows) == 2 and "0.125" in rows[0] and "0.375" in rows[1] and all("0.750" in r for r in rows), out
+
+
+def test_compare_says_when_a_run_has_no_results_to_pair(tmp_path, capsys):
+    """Same questions, but one run never reached the held-out evaluation: the reason names it
+    (in the table and in --md), not the data."""
+    db = str(tmp_path / "runs.db")
+    spec = "name: c\nseed: 0\ndata: {source: gqa, path: q.json}\n"
+    with RunStore(db) as store:
+        ids = [store.create_run(name="c", spec_yaml=spec, spec_hash="h", model_name="toy-llava", seed=0) for _ in range(2)]
+        for rid in ids:
+            store.log_metrics(rid, {"baseline.accuracy": 0.5})
+            store.set_status(rid, "succeeded")
+    capsys.readouterr()
+    assert cli(["compare", *ids, "--db", db]) == 0
+    out = capsys.readouterr().out
+    assert f"no paired test A vs B: run {ids[0]} has no per-question results for eval.test.modulated" in out, out
+    assert cli(["compare", *ids, "--db", db, "--md"]) == 0
+    md = capsys.readouterr().out
+    assert "## No paired test" in md and f"- A vs B: run {ids[0]} has no per-question results" in md, md
