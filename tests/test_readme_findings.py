@@ -1,4 +1,5 @@
-"""Issue 24 items 8-9, loose ends: the README describes the report and compare options as the code has them, and a bad heatmap scale is found before a run."""
+"""Issue 24 items 8-9, loose ends: the README describes the report and compare options as the code
+has them, and a bad heatmap scale is found before a run."""
 
 from __future__ import annotations
 
