@@ -237,10 +237,13 @@ def test_compare_two_runs_differing_by_seed(capsys, here, tiny_llava_entry):
     cmp = json.loads(out)
     diff = {d["field"]: tuple(d["values"]) for d in cmp["spec_diff"]}
     assert diff == {"seed": (0, 1)}
-    assert {"field": "seed", "values": [0, 1]} in cmp["env_diff"]
+    # seed is a spec field: listed there once, not again among the environment differences (issue 24 item 9)
+    assert all(d["field"] != "seed" for d in cmp["env_diff"])
     assert any(m["name"] == "baseline.accuracy" for m in cmp["metrics"])
+    # the toy world follows the run's seed: the runs share no questions, and compare says so
+    assert [u["reason"] for u in cmp["unpaired"]] == ["the runs share no questions: the toy world was generated from different seeds"]
     rc, out, _ = call(capsys, "compare", older, newer, "--db", db)
-    assert rc == 0 and "seed" in out
+    assert rc == 0 and "seed" in out and "no paired test A vs B: the runs share no questions" in out
 
 
 def test_instructblip_baseline(capsys, here, tiny_instructblip_entry):

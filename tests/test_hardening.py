@@ -442,6 +442,16 @@ def test_resume_after_the_workdir_was_deleted_marks_lost_artifacts(capsys, here,
     rc, out, err = call(capsys, "run", "--resume", run.id, "--db", "runs.db")
     assert rc == 0, out + err
     assert "registered by finished stages are gone" in out
+    # edits.json is rebuilt from the registry's `edits` document, byte for byte (its registered hash);
+    # the contact sheet needs the deleted edited images: it stays missing (vseam_run/rebuild.py)
+    assert "rebuilt from the registry: edits.json" in out, out
+    from vseam_run.store.runstore import sha256_file
+
+    with RunStore(here / "runs.db") as store:
+        by_kind = {a.kind: a for a in store.get_run(run.id).artifacts}
+    assert by_kind["edits.manifest"].state() == "present"
+    assert sha256_file(Path(by_kind["edits.manifest"].path)) == by_kind["edits.manifest"].sha256
+    registered.discard("edits.manifest")
     with RunStore(here / "runs.db") as a, RunStore(here / "full.db") as b:
         (full,) = b.list_runs()
         ra, rb = a.get_run(run.id), b.get_run(full.id)

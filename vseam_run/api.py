@@ -145,9 +145,19 @@ def edits(db: Any = "runs.db", run_ids: Sequence[str] | None = None) -> pd.DataF
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["run_id", "qid"])
 
 
+def _json_cells(df: pd.DataFrame) -> pd.DataFrame:
+    """Lists and dicts in object columns (an edit's boxes, scales) as JSON text: a CSV cell holding
+    a Python repr (`{'x': 1.0}`) is not readable back by anything but Python's eval."""
+    out = df.copy()
+    for c in out.columns:
+        if out[c].dtype == object:
+            out[c] = out[c].map(lambda v: json.dumps(v, default=str) if isinstance(v, (list, dict, tuple)) else v)
+    return out
+
+
 def _write(df: pd.DataFrame, path: Path, fmt: str) -> Path:
     if fmt == "csv":
-        df.to_csv(path, index=False)
+        _json_cells(df).to_csv(path, index=False)
     elif fmt == "parquet":
         out = df.copy()
         for c in out.columns:  # mixed-type object columns (e.g. answers) as text, so Arrow accepts them

@@ -63,6 +63,21 @@ def machine_problems(spec: Spec, entry: ModelEntry) -> list[str]:
     problems += placement_problems(spec, entry)  # device_map / quantization (issue 23)
     problems += workdir_problems(Path(spec.workdir))
     problems += dataset_problems(spec)
+    problems += figure_setting_problems()
+    return problems
+
+
+def figure_setting_problems() -> list[str]:
+    """VSEAM_HEATMAP_SCALE / VSEAM_FIGURE_FORMATS with a bad value: found before the run, not when
+    the first figure is drawn after the head search."""
+    from vseam_run import report
+
+    problems = []
+    for check in (report.heatmap_scale, report.figure_formats):
+        try:
+            check()
+        except VseamError as e:
+            problems.append(e.message + (f" ({e.hint})" if e.hint else ""))
     return problems
 
 

@@ -230,6 +230,21 @@ def same_questions(a: RunRecord, b: RunRecord) -> bool:
     return da.get("source") != "toyworld" or _effective_world_seed(a) == _effective_world_seed(b)
 
 
+def unpaired_reason(store: RunStore, a: RunRecord, b: RunRecord, stage: str = "eval.test.modulated") -> str:
+    """Why two runs get no paired test, in words (the runs share no questions, or one has no
+    per-question results to pair)."""
+    if not same_questions(a, b):
+        da, db = a.spec().get("data") or {}, b.spec().get("data") or {}
+        if da != db:
+            fields = sorted(k for k in set(da) | set(db) if da.get(k) != db.get(k))
+            return f"the runs share no questions: their data sections differ ({', '.join('data.' + f for f in fields)})"
+        return "the runs share no questions: the toy world was generated from different seeds"
+    for run in (a, b):
+        if not store.question_results(run.id, stage):
+            return f"run {run.id} has no per-question results for {stage} (no evaluation stage, or it did not finish)"
+    return f"no {stage} question was scored by both runs with the same gold answer"
+
+
 def paired_test(store: RunStore, a: RunRecord, b: RunRecord, stage: str = "eval.test.modulated") -> dict[str, Any] | None:
     """McNemar's exact test of two runs' correctness on the test questions both scored, and the
     questions that flipped; None when they did not score the same questions."""
@@ -260,13 +275,15 @@ class Comparison:
     heads: list[dict[str, Any]]
     paired: list[dict[str, Any]]
     head_runs: list[HeadRun | None] = field(default_factory=list)
+    #: Pairs of runs without a paired test, and why: {"a", "b", "reason"}.
+    unpaired: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return jsonable({
             "runs": [{"run_id": r.id, "name": r.name, "seed": r.seed, "model": r.model_name, "status": r.shown_status()}
                      for r in self.runs],
             "spec_diff": self.spec_diff, "env_diff": self.env_diff, "metrics": self.metrics,
-            "heads": self.heads, "paired": self.paired,
+            "heads": self.heads, "paired": self.paired, "unpaired": self.unpaired,
         })
 
 
@@ -280,8 +297,17 @@ def compare(store: RunStore, run_ids: list[str], *, k: int | None = None, includ
     searched = [h for h in head_runs if h is not None]
     top_k = k or min(int((h.run.spec().get("search") or {}).get("top_k", 10)) for h in searched) if searched else (k or 10)
     heads = [_pair_heads(a, b, top_k) for a, b in itertools.combinations(searched, 2)]
-    paired = [p for a, b in itertools.combinations(runs, 2) if (p := paired_test(store, a, b)) is not None]
-    return Comparison(runs, _spec_diff(runs), _env_diff(runs), _metric_rows(runs, include_timings), heads, paired, head_runs)
+    paired, unpaired = [], []
+    for a, b in itertools.combinations(runs, 2):
+        p = paired_test(store, a, b)
+        if p is not None:
+            paired.append(p)
+        else:
+            unpaired.append({"a": a.id, "b": b.id, "reason": unpaired_reason(store, a, b)})
+    spec_diff = _spec_diff(runs)
+    # A field that differs in the spec (seed) is listed there, not again under the environment.
+    env_diff = [d for d in _env_diff(runs) if d["field"] not in {s["field"] for s in spec_diff}]
+    return Comparison(runs, spec_diff, env_diff, _metric_rows(runs, include_timings), heads, paired, head_runs, unpaired)
 
 
 def comparison_figure(c: Comparison, path: Any) -> Any:

@@ -160,6 +160,11 @@ def _open_run(spec: Spec, store: RunStore, entry, device: torch.device, resume: 
         check_resumable(store, resume, spec, force=force)
         store.mark_resumed(resume)
         log(f"resuming run {resume}")
+        from vseam_run.rebuild import rebuild_missing
+
+        rebuilt = rebuild_missing(store, resume)  # e.g. edits.json, from its stored document
+        if rebuilt:
+            log(f"  rebuilt from the registry: {', '.join(Path(p).name for p in rebuilt)}")
         gone = [a for a in store.get_run(resume).artifacts if a.state() != "present"]
         if gone:  # e.g. the workdir was deleted: finished stages are not run again to redraw them
             log(f"  {len(gone)} file(s) registered by finished stages are gone or changed: "

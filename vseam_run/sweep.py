@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from vseam_run.errors import VseamError
 from vseam_run.spec import Spec, load_spec
@@ -180,3 +180,18 @@ def unfinished_sweep(sweep: Sweep, store: RunStore) -> str | None:
         if done != hashes and not any(status[i][1] == "running" for i in ids):
             found.append(sid)
     return max(found) if found else None  # ids start with their UTC start time
+
+
+#: The metrics a sweep's closing table shows per point, those any run recorded (issue 24: a sweep
+#: ended with statuses only, and the numbers it swept had to be looked up run by run).
+HEADLINE_METRICS: tuple[str, ...] = (
+    "baseline.accuracy", "eval.test.accuracy.baseline", "eval.test.accuracy.modulated", "eval.test.mcnemar_p",
+    "modulation.lambda", "modulation.k", "ablation.positive.accuracy_drop", "search.seconds",
+)  # fmt: skip
+
+
+def headline_metrics(store: Any, run_ids: list[str | None]) -> tuple[list[str], list[dict[str, float]]]:
+    """(the headline metric names any of the runs has, each run's values; {} for no run)."""
+    values = [store.get_run(r).metrics if r else {} for r in run_ids]
+    names = [m for m in HEADLINE_METRICS if any(m in v for v in values)]
+    return names, [{m: v[m] for m in names if m in v} for v in values]

@@ -30,13 +30,38 @@ DeviceOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 
 
+class _WholeConsole(Console):
+    """A console whose tables keep their numbers and words whole (vseam_run/tables.py)."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        from rich.table import Table
+
+        from vseam_run.tables import keep_whole
+
+        tables = [keep_whole(o) for o in objects if isinstance(o, Table)]
+        if tables and kwargs.get("width") is None:
+            from rich.measure import Measurement
+
+            # Rich squeezes a table to the console width past its columns' minimums (cutting
+            # numbers again): a table that needs more runs past the edge instead.
+            need = max(Measurement.get(self, self.options.update(width=10_000), t).minimum for t in tables)
+            if need > self.width:  # print(width=) can only narrow: widen the console for this call
+                before = self._width
+                self.width = need
+                try:
+                    return super().print(*objects, **kwargs)
+                finally:
+                    self._width = before
+        super().print(*objects, **kwargs)
+
+
 def console() -> Console:
     """A console bound to the current stdout (so in-process tests capture it)."""
-    return Console(file=sys.stdout, soft_wrap=True)
+    return _WholeConsole(file=sys.stdout, soft_wrap=True)
 
 
 def err_console() -> Console:
-    return Console(file=sys.stderr, soft_wrap=True)
+    return _WholeConsole(file=sys.stderr, soft_wrap=True)
 
 
 def print_json(obj: Any) -> None:

@@ -151,6 +151,9 @@ def _print_tables(c: dict[str, Any]) -> None:
         rho = p["spearman"]
         out.print("  Spearman rank correlation of the score matrices: "
                   + ", ".join(f"{k} {fmt.num(v, 2)}" for k, v in rho.items()), highlight=False)
+    for p in c.get("unpaired", []):
+        a, b = letters[names.index(p["a"])], letters[names.index(p["b"])]
+        out.print(f"no paired test {a} vs {b}: {p['reason']}", highlight=False, markup=False)
     for p in c["paired"]:
         a, b = letters[names.index(p["a"])], letters[names.index(p["b"])]
         out.print(f"[bold]paired test {a} vs {b}[/] ({p['stage']}, n = {p['n']} shared test questions): accuracy "
@@ -200,4 +203,7 @@ def markdown(c: dict[str, Any]) -> str:
                  fmt.num(p["accuracy_b"]), fmt.num(p["mcnemar_p"], 2), str(len(p["flipped"]))] for p in c["paired"]]
         parts += ["## Paired test on shared test questions",
                   _md_table(["pair", "stage", "n", "acc A", "acc B", "McNemar p", "flipped"], rows)]
+    if c.get("unpaired"):
+        parts += ["## No paired test"] + ["\n".join(f"- {letters[names.index(p['a'])]} vs {letters[names.index(p['b'])]}: {p['reason']}"
+                                                    for p in c["unpaired"])]
     return "\n\n".join(parts) + "\n"

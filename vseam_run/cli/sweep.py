@@ -37,8 +37,9 @@ def sweep(
     """
     import shlex
 
+    from vseam_run import fmt
     from vseam_run.store import RunStore
-    from vseam_run.sweep import attach, plan, run_sweep, unfinished_sweep
+    from vseam_run.sweep import attach, headline_metrics, plan, run_sweep, unfinished_sweep
 
     grid = plan(spec, list(set_ or []), sweep_id=resume)
     out = console()
@@ -78,13 +79,17 @@ def sweep(
                       f"vseam sweep {shlex.quote(str(spec))}{sets} --resume {grid.sweep_id}{db_opt}",
                       highlight=False, markup=False)
             raise
+        names, values = headline_metrics(store, [p.run_id for p in grid.points])
     finally:
         store.close()
     table = Table(title=f"sweep {grid.sweep_id}", title_justify="left", header_style="bold")
     for col in ("run", "status", *(a.field for a in grid.axes)):
         table.add_column(col)
-    for p in grid.points:
-        table.add_row(p.run_id or "—", p.status, *(o.partition("=")[2] for o in p.overrides))
+    for name in names:  # the swept numbers, not just statuses
+        table.add_column(name, justify="right")
+    for p, v in zip(grid.points, values):
+        table.add_row(p.run_id or "—", p.status, *(o.partition("=")[2] for o in p.overrides),
+                      *(fmt.num(v.get(n)) for n in names))
     out.print(table)
     out.print(f"next: vseam share --sweep {grid.sweep_id}{db_opt}", highlight=False)
     return 1 if any(p.status != "succeeded" for p in grid.points) else 0

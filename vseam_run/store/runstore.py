@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from vseam_run.errors import VseamError
-from vseam_run.store import connect
+from vseam_run.store import connect, readonly
 from vseam_run.store.records import ArtifactRecord, RunRecord
 from vseam_run.store.schema import (
     RUN_STATUSES,
@@ -145,7 +145,11 @@ class RunStore:
     def __init__(self, url_or_path: str | os.PathLike[str], *, must_exist: bool = False) -> None:
         target = str(url_or_path)
         self._timeout = connect.connect_timeout()
-        self._engine, self.where, password = self._connect(target, must_exist=must_exist, timeout=self._timeout)
+        # A reading command on a file in a read-only folder opens it read-only (store/readonly.py).
+        local_file = "://" not in target and target.strip() not in ("", ":memory:")
+        self.read_only = must_exist and local_file and readonly.folder_is_read_only(Path(target).expanduser())
+        self._engine, self.where, password = self._connect(target, must_exist=must_exist, timeout=self._timeout,
+                                                           read_only=self.read_only)
         is_sqlite = self._engine.url.get_backend_name() == "sqlite"
         try:
             if not is_sqlite:
@@ -165,7 +169,7 @@ class RunStore:
     # ------------------------------------------------------------------ opening
 
     @staticmethod
-    def _connect(target: str, *, must_exist: bool, timeout: float) -> tuple[Engine, str, str | None]:
+    def _connect(target: str, *, must_exist: bool, timeout: float, read_only: bool = False) -> tuple[Engine, str, str | None]:
         """Build the engine; returns it with a printable name for messages (no password) and the
         password (so messages from the driver can be scrubbed of it)."""
         if target.strip() == "":
@@ -206,6 +210,10 @@ class RunStore:
             return engine, where, url.password or (secrets[0] if secrets else None)
         path = Path(target).expanduser()
         _check_sqlite_path(path, where=str(path), must_exist=must_exist)
+        if read_only:
+            engine = readonly.read_only_engine(path)
+            _install_sqlite_pragmas(engine, wal=False)
+            return engine, str(path), None
         # A generous lock timeout: a query from another terminal may briefly hold the file.
         engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
         _install_sqlite_pragmas(engine, wal=True)
@@ -214,7 +222,7 @@ class RunStore:
     def _prepare_schema(self) -> None:
         """Create missing tables and record/verify the schema version, in one transaction."""
         with self._engine.begin() as conn:
-            if conn.dialect.name == "sqlite":
+            if conn.dialect.name == "sqlite" and not self.read_only:
                 # Take the write lock before looking: processes opening a new file at once must
                 # not both find it empty and both create it (the others wait, then see it made).
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
@@ -246,6 +254,10 @@ class RunStore:
                     f"understands ({SCHEMA_VERSION})",
                     hint="upgrade vseam, or pass --db with another registry",
                 )
+            if self.read_only:
+                if found != SCHEMA_VERSION or not set(Base.metadata.tables) <= tables:
+                    raise readonly.schema_refused(self.where)
+                return
             Base.metadata.create_all(conn)
             if found is None:
                 conn.execute(Meta.__table__.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
@@ -272,6 +284,8 @@ class RunStore:
             with _TX_LOCK, self._sessions.begin() as session:
                 yield session
         except DatabaseError as e:
+            if self.read_only and "readonly" in str(e).replace(" ", "").lower():
+                raise readonly.write_refused(self.where) from e
             # Disk full, read-only file, a lock held too long, a damaged file: the user can act on these.
             raise connect.query_error(self.where, e) from e
 
@@ -709,6 +723,8 @@ def _check_sqlite_path(path: Path, *, where: str, must_exist: bool) -> None:
                 f"cannot write run registry {where}: the file is read-only",
                 hint="pass --db with a writable path",
             )
+        if not must_exist and readonly.folder_is_read_only(path):
+            raise readonly.write_refused(where)
         return
     if must_exist:
         raise VseamError(f"no run registry at {where} (vseam run creates it; pass --db)")
