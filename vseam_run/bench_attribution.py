@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from vseam_run.bench import recall, spearman
+from vseam_run.bench import recall, score_ratio, spearman
 from vseam_run.heads import scale_edits, edit_heads
 from vseam_run.search import SearchItem, search_heads
 from vseam_run.search.scoring import score
@@ -84,11 +84,6 @@ def _rank(matrix: np.ndarray, head: tuple[int, int]) -> int:
     return int(np.flatnonzero(order == head[0] * matrix.shape[1] + head[1])[0]) + 1
 
 
-def _ratios(est: np.ndarray, exact: np.ndarray, top: list) -> float:
-    vals = [est[l, h] / exact[l, h] for l, h, _ in top if exact[l, h] > 0]
-    return float(np.median(vals)) if vals else float("nan")
-
-
 def run_attribution_bench(cfg: AttributionBench, vlm: VLM | None = None, threads: int | None = None) -> dict:
     from vseam_run.registry import get_entry
 
@@ -125,8 +120,8 @@ def run_attribution_bench(cfg: AttributionBench, vlm: VLM | None = None, threads
             "spearman_signed_vs_exact": round(spearman(m.signed, em.signed), 4),
             "recall_top10_positive": recall(m.top_positive[:10], em.top_positive[:10]),
             "recall_top10_negative": recall(m.top_negative[:10], em.top_negative[:10]),
-            "ratio_top10_positive": round(_ratios(m.positive, em.positive, em.top_positive[:10]), 3),
-            "ratio_top10_negative": round(_ratios(m.negative, em.negative, em.top_negative[:10]), 3),
+            "ratio_top10_positive": score_ratio(m.positive, em.positive, em.top_positive[:10]),
+            "ratio_top10_negative": score_ratio(m.negative, em.negative, em.top_negative[:10]),
             "top_positive": [[l, h, round(s, 4)] for l, h, s in m.top_positive[:3]],
             "top_negative": [[l, h, round(s, 4)] for l, h, s in m.top_negative[:3]],
         }
