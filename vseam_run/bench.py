@@ -63,6 +63,12 @@ def recall(found: list, truth: list) -> float:
     return len(t & {(l, h) for l, h, _ in found}) / len(t)
 
 
+def score_ratio(est: np.ndarray, exact: np.ndarray, top: list) -> float:
+    """Median over the (layer, head) of `top` of est / exact (heads whose exact score is > 0)."""
+    vals = [est[l, h] / exact[l, h] for l, h, _ in top if exact[l, h] > 0]
+    return round(float(np.median(vals)), 3) if vals else float("nan")
+
+
 def build_bench_vlm(cfg: BenchModel, folder: Path) -> VLM:
     """Save a random LLaVA-architecture model and load it back through a registry entry."""
     side = int(round(cfg.image_tokens ** 0.5))
@@ -124,6 +130,12 @@ def run_bench(cfg: BenchModel, strategies=STRATEGIES, top_k: int = 10, batch_row
             row["spearman_vs_exact"] = round(spearman(r.matrices.signed, exact.matrices.signed), 4)
             row["recall_top10_positive"] = recall(r.matrices.top_positive[:10], exact.matrices.top_positive[:10])
             row["recall_top10_negative"] = recall(r.matrices.top_negative[:10], exact.matrices.top_negative[:10])
+            # Does it score the heads that matter at their size? Median of score / exact score over
+            # exact's top 10 (1.0 = right size; first order on the gold probability ran low here).
+            row["ratio_top10_positive"] = score_ratio(r.matrices.positive, exact.matrices.positive, exact.matrices.top_positive[:10])
+            row["ratio_top10_negative"] = score_ratio(r.matrices.negative, exact.matrices.negative, exact.matrices.top_negative[:10])
+            if r.exact_layers:
+                row["exact_layers"] = list(r.exact_layers)
         rows.append(row)
     return {"model": {**asdict(cfg), "architecture": "LlavaForConditionalGeneration (random weights)",
                       "threads": torch.get_num_threads(), "device": "cpu", "batch_size": batch_size, "batch_rows": batch_rows},

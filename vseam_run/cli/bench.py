@@ -77,11 +77,13 @@ def search(
     t = Table(title=f"head search, {m['layers']}×{m['heads']} heads, hidden {m['hidden']}, {m['image_tokens']} image + "
                     f"{m['text_tokens']} text tokens, {m['questions']} questions ({m['threads']} threads, "
                     f"batches of {m['batch_size']} questions, {m['batch_rows']} rows)")
-    for col in ("strategy", "seconds", "speedup", "max |diff| vs ref", "Spearman vs exact", "recall@10 +", "recall@10 −"):
+    for col in ("strategy", "seconds", "speedup", "max |diff| vs ref", "Spearman vs exact", "recall@10 +", "recall@10 −",
+                "score / exact +", "score / exact −"):
         t.add_column(col, justify="right")
     for s in main["strategies"]:
         t.add_row(s["name"], f"{s['seconds']:.2f}", f"{s['speedup_vs_reference']:.1f}×", f"{s['max_abs_diff_vs_reference']:.1e}",
-                  f"{s['spearman_vs_exact']:.3f}", f"{s['recall_top10_positive']:.2f}", f"{s['recall_top10_negative']:.2f}")
+                  f"{s['spearman_vs_exact']:.3f}", f"{s['recall_top10_positive']:.2f}", f"{s['recall_top10_negative']:.2f}",
+                  f"{s['ratio_top10_positive']:.2f}", f"{s['ratio_top10_negative']:.2f}")
     c.print(t)
     if "scaling" in main:
         t2 = Table(title="speedup vs reference as heads grow")
@@ -282,3 +284,59 @@ def recovery(
     for n in res["notes"]:
         c.print(f"note: {n}", highlight=False)
     c.print(f"{res['seconds']:.0f}s; JSON {path}; figure {fig}", highlight=False, markup=False)
+
+
+@app.command("attribution")
+def attribution(
+    model: Annotated[str, typer.Option(help="Shipped toy model (registry name).")] = "toy-llava",
+    level: Annotated[str, typer.Option(help="object, attribute or relation.")] = "relation",
+    questions: Annotated[int, typer.Option(help="Toy-world questions of that level searched on.")] = 96,
+    reference_questions: Annotated[int, typer.Option(help="Questions the batch-1 reference is timed on (its cost is linear in them).")] = 8,
+    harm: Annotated[list[str], typer.Option("--harm", help="L.H=FACTOR: harm a head in memory (its o_proj-input slice × FACTOR); repeatable.")] = [],
+    json_: JsonOption = False,
+) -> None:
+    """Attribution against exact where effects are large: a trained toy model, optionally with
+    planted harmful heads; recall@10, score / exact (top 10 and planted heads) and speed vs reference
+    for first order on the gold probability and on its log odds, with and without offsets.
+
+    Examples:
+
+      vseam bench attribution
+
+      vseam bench attribution --harm 3.5=-12 --json
+    """
+    import os
+
+    from vseam_run.bench_attribution import AttributionBench, run_attribution_bench
+    from vseam_run.errors import VseamError
+
+    os.environ.setdefault("VSEAM_QUIET", "1")
+    planted: dict[tuple[int, int], float] = {}
+    for h in harm:
+        try:
+            where, factor = h.split("=")
+            layer, head = (int(v) for v in where.split("."))
+            planted[(layer, head)] = float(factor)
+        except ValueError:
+            raise VseamError(f"--harm {h!r}: expected L.H=FACTOR", hint="e.g. --harm 3.5=-12") from None
+    r = run_attribution_bench(AttributionBench(model=model, level=level, questions=questions,
+                                               reference_questions=reference_questions, harm=planted))
+    if json_:
+        print_json(r)
+        return
+    c = console()
+    t = Table(title=f"attribution vs exact, {r['model']} {r['level']} ({r['questions']} questions, {r['correct']} right"
+                    + (f"; harmed {r['harm']}" if r["harm"] else "") + f"; {r['threads']} threads)")
+    cols = ["variant", "seconds", "speedup vs ref", "Spearman", "recall@10 +", "recall@10 −", "score / exact +", "score / exact −"]
+    cols += [f"planted {k} rank (score / exact)" for k in r["harm"]]
+    for col in cols:
+        t.add_column(col, justify="right")
+    for v in r["variants"]:
+        cells = [v["name"], f"{v['seconds']:.1f}", f"{v['speedup_vs_reference']:.1f}×", f"{v['spearman_signed_vs_exact']:.3f}",
+                 f"{v['recall_top10_positive']:.2f}", f"{v['recall_top10_negative']:.2f}",
+                 f"{v['ratio_top10_positive']:.2f}", f"{v['ratio_top10_negative']:.2f}"]
+        for k in r["harm"]:
+            p = v[f"planted {k}"]
+            cells.append(f"{p['negative_rank']} ({p['ratio']})")
+        t.add_row(*cells)
+    c.print(t)

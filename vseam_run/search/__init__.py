@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -42,6 +42,9 @@ class SearchResult:
     seconds: float
     verified: np.ndarray | None = None  # [L, H] bool for attribution+verify
     top_k: int = 10
+    # attribution(+verify): layers where first order failed its own check and that were searched
+    # exactly instead (strategies.attribution_effects); their scores are exact ones.
+    exact_layers: list[int] = field(default_factory=list)
 
     def to_state(self) -> dict:
         """Everything needed to rebuild this result exactly (`from_state`): the per-question
@@ -51,6 +54,7 @@ class SearchResult:
             "effects": self.effects.tolist(), "base_prob": self.base_prob.tolist(),
             "correct": [bool(c) for c in self.correct], "seconds": self.seconds,
             "verified": None if self.verified is None else self.verified.tolist(),
+            "exact_layers": list(self.exact_layers),
         }
 
     @classmethod
@@ -60,7 +64,8 @@ class SearchResult:
         verified = None if state["verified"] is None else np.asarray(state["verified"], dtype=bool)
         matrices = score(effects, correct, state["scoring"], state["top_k"], allowed=verified)
         return cls(state["strategy"], state["scoring"], list(state["qids"]), effects,
-                   np.asarray(state["base_prob"], dtype=np.float64), correct, matrices, state["seconds"], verified, state["top_k"])
+                   np.asarray(state["base_prob"], dtype=np.float64), correct, matrices, state["seconds"], verified, state["top_k"],
+                   list(state.get("exact_layers", [])))
 
     def to_json(self) -> dict:
         out = self.matrices.to_json()
@@ -68,6 +73,8 @@ class SearchResult:
         out["scoring"] = self.scoring
         if self.verified is not None:
             out["verified"] = [[bool(v) for v in r] for r in self.verified]
+        if self.exact_layers:
+            out["exact_layers"] = list(self.exact_layers)
         return out
 
 
@@ -146,11 +153,11 @@ def search_heads(
         )
         merged = att.effects.copy()
         merged[:, verified] = ex.effects[:, verified]
-        eff = Effects(merged, ex.base_prob, ex.correct)
+        eff = Effects(merged, ex.base_prob, ex.correct, att.exact_layers)
     seconds = time.perf_counter() - t0
     matrices = score(eff.effects, eff.correct, scoring, top_k, allowed=verified)
     return SearchResult(strategy, scoring, [it.qid for it in items], eff.effects, eff.base_prob, eff.correct, matrices, seconds,
-                        verified, top_k)
+                        verified, top_k, list(eff.exact_layers))
 
 
 __all__ = ["SearchItem", "SearchResult", "search_heads", "STRATEGIES", "Checkpointer", "HeadMatrices"]

@@ -10,8 +10,8 @@ first order from one forward and one backward pass per batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -24,9 +24,19 @@ from vseam_run.vlm import VLM, Prepared
 
 OnLayer = Callable[[int, np.ndarray], None]
 
+#: What attribution takes to first order (first_order_effects).
+AttributionScale = Literal["logit", "prob"]
+ATTRIBUTION_SCALES: tuple[str, ...] = ("logit", "prob")
+
 #: Questions per layer and per group (answered right / wrong) whose attribution offset is
 #: measured exactly; see attribution_effects.
 OFFSET_SAMPLES = 4
+
+#: Attribution's own check (attribution_effects): a layer where a sampled head's exact effect is
+#: further than this from first order plus the layer's offset is searched exactly. 0.1 of
+#: probability is a head that matters (on the toy models, the lookup head's mean effect is 0.4;
+#: first order's misses elsewhere are under 0.03).
+EXACT_TOLERANCE = 0.1
 
 
 @dataclass
@@ -44,6 +54,7 @@ class Effects:
     effects: np.ndarray  # [Q, L, H], base − ablated
     base_prob: np.ndarray  # [Q]
     correct: np.ndarray  # [Q] bool
+    exact_layers: list[int] = field(default_factory=list)  # attribution: layers it searched exactly
 
 
 def _chunks(seq: Sequence, n: int) -> list[Sequence]:
@@ -283,8 +294,16 @@ def attribution_effects(
     batch_rows: int = 64,
     offset_samples: int | None = OFFSET_SAMPLES,
     stream: bool = False,
+    scale: AttributionScale = "logit",
+    exact_tolerance: float | None = EXACT_TOLERANCE,
 ) -> Effects:
     """First-order estimates of every head's effect, shifted by a per-layer offset measured exactly.
+
+    `scale` is the quantity taken to first order (see first_order_effects): "logit", the gold
+    logit difference (log p − log(1 − p)), which does not saturate, mapped back to a change in
+    probability; "prob", the gold probability itself (the estimate before issue 20: it
+    underrated the largest effects several-fold). Either way effects are in probability units,
+    like exact's, so that the two compare and rank on one scale.
 
     Why the offsets: what first order misses is mostly common to the heads of a layer.
     Ablating any head of a layer is a perturbation of about the same size, and the curvature of
@@ -296,13 +315,20 @@ def attribution_effects(
     0.75 against exact; 0.97 with the true per-layer offsets).
 
     So, for every layer and for the questions answered right and those answered wrong
-    separately, `offset_samples` questions get one head ablated exactly (head (q + layer) mod H,
-    so every head is used in turn); the mean difference between exact and first order is added
+    separately, `offset_samples` questions get one head ablated exactly (the heads in turn, see
+    offset_picks); the mean difference between exact and first order is added
     to every head of that layer for that group's questions, and the sampled heads keep their
     exact effect. This costs at most 2 × offset_samples rows per layer, whatever the number of
     questions and heads. `offset_samples=None`: first order only.
+
+    The samples also test first order: where, in some layer, a sampled head's exact effect is
+    further than `exact_tolerance` (probability) from its first-order estimate plus the layer's
+    offset, first order is not to be trusted in that layer, and the whole layer is searched
+    exactly (`Effects.exact_layers` lists them; None turns the check off). The samples take the
+    heads in turn (offset_picks), so with 2 × offset_samples ≥ heads every head of every layer
+    is tested once.
     """
-    first = first_order_effects(vlm, items, mode, batch_size=batch_size)
+    first = first_order_effects(vlm, items, mode, batch_size=batch_size, scale=scale)
     if not offset_samples:
         return first
     Q, L, H = first.effects.shape
@@ -313,6 +339,7 @@ def attribution_effects(
     ex = exact_effects(vlm, [items[q] for q in sampled], mode, batch_size=batch_size * H, batch_rows=batch_rows,
                        picks=picks[sampled], label="search (attribution offsets)", stream=stream)
     effects = first.effects.copy()
+    failing: set[int] = set()
     for qs in groups:
         for l in range(L):
             qq = [int(q) for q in qs if picks[q, l] >= 0]
@@ -320,31 +347,62 @@ def attribution_effects(
                 continue
             hh = picks[qq, l]
             exact = ex.effects[[row_of[q] for q in qq], l, hh]
-            effects[qs, l] += (exact - first.effects[qq, l, hh]).mean()
+            miss = exact - first.effects[qq, l, hh]
+            effects[qs, l] += miss.mean()
             effects[qq, l, hh] = exact
-    return Effects(effects, first.base_prob, first.correct)
+            if exact_tolerance is not None and np.abs(miss - miss.mean()).max() > exact_tolerance:
+                failing.add(l)
+    if failing:
+        # First order failed in these layers beyond what one offset can fix (a head whose effect
+        # it missed outright; on the toy models, layer-0 heads that every later layer depends
+        # on): a shortcut that disagrees is switched off, so these layers are searched exactly.
+        mask = np.zeros((L, H), dtype=bool)
+        mask[sorted(failing)] = True
+        exl = exact_effects(vlm, items, mode, batch_size=batch_size, batch_rows=batch_rows, heads=mask,
+                            label="search (attribution: exact layers)", stream=stream)
+        effects[:, mask] = exl.effects[:, mask]
+    return Effects(effects, first.base_prob, first.correct, sorted(failing))
 
 
 def offset_picks(correct: np.ndarray, layers: int, heads: int, samples: int) -> np.ndarray:
     """[Q, L] head to ablate exactly for attribution's offsets, -1 for none: in every layer the
     same `samples` questions of each group (answered right / wrong), spread over the group (the
-    same ones, so that only their hidden states are carried through the layers); head
-    (question + layer) mod heads, so that the heads serve in turn."""
+    same ones, so that only their hidden states are carried through the layers); the i-th
+    sample of a layer takes head (i + layer) mod heads, counting on from the first group's
+    samples into the second's, so that the heads serve in turn and none twice while there are
+    more heads than samples."""
     picks = np.full((len(correct), layers), -1)
+    start = 0
     for qs in (np.flatnonzero(correct), np.flatnonzero(~np.asarray(correct))):
         k = min(samples, len(qs))
         if k:
             chosen = qs[np.arange(k) * len(qs) // k]
-            picks[chosen] = (chosen[:, None] + np.arange(layers)[None, :]) % heads
+            picks[chosen] = (start + np.arange(k)[:, None] + np.arange(layers)[None, :]) % heads
+            start += k  # the other group takes the next heads: 2 × samples ≥ heads tests them all
     return picks
 
 
-def first_order_effects(vlm: VLM, items: Sequence[SearchItem], mode: str, *, batch_size: int = 16) -> Effects:
-    """First-order estimate: effect ≈ −<∂p_gold/∂x_h, Δx_h> at every layer's o_proj input.
+def first_order_effects(vlm: VLM, items: Sequence[SearchItem], mode: str, *, batch_size: int = 16,
+                        scale: AttributionScale = "prob") -> Effects:
+    """First-order estimate of every head's effect at every layer's o_proj input.
+
+    scale="prob": effect ≈ −<∂p_gold/∂x_h, Δx_h>, the derivative of the gold probability itself.
+    It saturates: where the model is sure (p near 1) or sure it is something else (p near 0),
+    ∂p = p(1 − p)·∂ℓ is tiny whatever the head does, so the heads with the largest effects (those
+    that move p across most of [0, 1]) are the most underrated (issue 20: a planted harmful
+    head 0.055 against exact's 0.35).
+
+    scale="logit": the first-order change of the gold logit difference ℓ = log p − log(1 − p)
+    (computed from the log-softmax, so it stays accurate at p ≈ 1), Δℓ ≈ <∂ℓ/∂x_h, Δx_h>,
+    mapped back through the sigmoid: effect ≈ p − σ(ℓ + Δℓ). ℓ is a difference of logits, linear
+    in the final hidden state, so first order holds over much larger changes; the result is
+    still a change in probability (and equals the "prob" estimate to first order for small ones).
 
     One forward and one backward pass per batch of questions give every head's estimate.
     Gradients flow through activations only (weights are frozen).
     """
+    if scale not in ATTRIBUTION_SCALES:
+        raise ValueError(f"unknown attribution scale {scale!r}; choose from {ATTRIBUTION_SCALES}")
     L, H, Q = vlm.num_layers, vlm.num_heads, len(items)
     effects = np.zeros((Q, L, H))
     base_prob = np.zeros(Q)
@@ -361,20 +419,42 @@ def first_order_effects(vlm: VLM, items: Sequence[SearchItem], mode: str, *, bat
             prep = b.prep.with_embeds(embeds)
             store: list = []
             with torch.enable_grad(), capture_o_proj_inputs(vlm, store):
-                scores = vlm.score(vlm.last_logits(prep), b.gold)
+                logits = vlm.last_logits(prep)
+                scores = vlm.score(logits, b.gold)
                 probs = scores.gold_prob
-                grads = torch.autograd.grad(probs.sum(), store)
+                target = probs if scale == "prob" else gold_logit_difference(logits, b.gold)
+                grads = torch.autograd.grad(target.sum(), store)
             n = len(b.prep)
+            first = np.zeros((n, L, H))
             for l in range(L):
                 x = store[l].detach()
                 delta = ablation_delta(x, H, mode).float()
                 g = grads[l].float().view_as(delta)
-                # ablated − base ≈ Σ_{t,d} g·Δ; the effect is base − ablated.
-                effects[b.offset : b.offset + n, l] = (-(g * delta).sum(dim=(1, 3))).cpu().numpy()
-            base_prob[b.offset : b.offset + n] = probs.detach().cpu().numpy()
+                # ablated − base ≈ Σ_{t,d} g·Δ (of p, or of ℓ).
+                first[:, l] = (g * delta).sum(dim=(1, 3)).cpu().numpy()
+            p = probs.detach().cpu().numpy().astype(np.float64)
+            if scale == "prob":
+                effects[b.offset : b.offset + n] = -first  # the effect is base − ablated
+            else:
+                ell = target.detach().cpu().numpy().astype(np.float64)[:, None, None]
+                effects[b.offset : b.offset + n] = _sigmoid(ell) - _sigmoid(ell + first)
+            base_prob[b.offset : b.offset + n] = p
             correct[b.offset : b.offset + n] = scores.correct.cpu().numpy()
             advance(1)
     _gather_rows(w, spans, mine, effects)
     _gather_rows(w, spans, mine, base_prob)
     _gather_rows(w, spans, mine, correct)
     return Effects(effects, base_prob, correct)
+
+
+def gold_logit_difference(logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+    """ℓ = log p_gold − log(1 − p_gold) per row, from the log-softmax (not from p, which rounds to
+    1 in float32 long before ℓ stops growing): the gold logit against the log-sum-exp of all others."""
+    lp = logits.float().log_softmax(-1)
+    gold_lp = lp.gather(1, gold[:, None])[:, 0]
+    others = lp.scatter(1, gold[:, None], float("-inf")).logsumexp(-1)
+    return gold_lp - others
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # stable at both ends, unlike 1 / (1 + exp(−x))
