@@ -284,6 +284,10 @@ class _Stages:
                 self.log(f"  fast path '{name}' off for this model: {sc['reason']}")
         if not self.vlm.replay:
             self.log("  every number from model(**inputs)")
+        if spec.modulation is not None:  # a policy that cannot act on this model refuses now, not after the search
+            from vseam_run.modulation import policy_for
+
+            policy_for(spec.modulation).preflight(self.vlm, items)
         baseline_fp = fingerprint(model=self.model, questions=items_part(items), untokenizable=untokenizable,
                                   batch_size=spec.batch_size, answer_match=self._answer_match(), **self._generate_fp())
         # The rows are in the registry already; the ledger entry need not hold them twice.
