@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vseam_run.errors import SpecError, VseamError
 from vseam_run.yamlio import LoadedYaml, format_validation_error, load_yaml
@@ -375,10 +375,21 @@ class NonePolicy(_Strict):
     policy: Literal["none"] = "none"
 
 
-def _grid_nonneg(v: list[float], what: str) -> list[float]:
+def _grid_nonneg(v: list[float]) -> list[float]:
     if not v or min(v) < 0 or not all(math.isfinite(x) for x in v):
-        raise ValueError(f"{what} needs at least one value, all finite and ≥ 0")
+        raise ValueError("grid needs at least one value, all finite and ≥ 0")
     return v
+
+
+def _k_grid_positive(v: list[int]) -> list[int]:
+    if not v or min(v) < 1:
+        raise ValueError("k_grid needs at least one value, all ≥ 1")
+    return v
+
+
+# The rival policies' grids (one check each, shared).
+_StrengthGrid = Annotated[list[float], AfterValidator(_grid_nonneg)]
+_KGrid = Annotated[list[int], AfterValidator(_k_grid_positive)]
 
 
 class AblatePolicy(_Strict):
@@ -387,15 +398,8 @@ class AblatePolicy(_Strict):
 
     policy: Literal["ablate"] = "ablate"
     k: int | Literal["auto"] = Field("auto", description="Heads to ablate, or auto: pick from `k_grid` (and 0) on val.")
-    k_grid: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16], description="K values tried when k: auto.")
+    k_grid: _KGrid = Field(default_factory=lambda: [1, 2, 4, 8, 16], description="K values tried when k: auto.")
     mode: Literal["zero", "mean"] = Field("zero", description="zero: the head's slice set to 0. mean: to the other heads' mean.")
-
-    @field_validator("k_grid")
-    @classmethod
-    def _positive_k(cls, v: list[int]) -> list[int]:
-        if not v or min(v) < 1:
-            raise ValueError("k_grid needs at least one value, all ≥ 1")
-        return v
 
     @field_validator("k")
     @classmethod
@@ -414,21 +418,9 @@ class SteerPolicy(_Strict):
         "search", description="search: top-K by the search's positive and negative scores. probe: top-K by a per-head "
         "linear probe's balanced accuracy on val (fitted on the search split) predicting a correct answer (ICT).")
     k: int | Literal["auto"] = Field("auto", description="Heads steered, or auto: pick from `k_grid` on val.")
-    k_grid: list[int] = Field(default_factory=lambda: [1, 4, 16], description="K values tried when k: auto.")
+    k_grid: _KGrid = Field(default_factory=lambda: [1, 4, 16], description="K values tried when k: auto.")
     alpha: float | Literal["auto"] = Field("auto", description="Strength α ≥ 0, or auto: pick from `grid` on val (0 = no change).")
-    grid: list[float] = Field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0], description="α values tried when alpha: auto.")
-
-    @field_validator("k_grid")
-    @classmethod
-    def _positive_k(cls, v: list[int]) -> list[int]:
-        if not v or min(v) < 1:
-            raise ValueError("k_grid needs at least one value, all ≥ 1")
-        return v
-
-    @field_validator("grid")
-    @classmethod
-    def _grid(cls, v: list[float]) -> list[float]:
-        return _grid_nonneg(v, "grid")
+    grid: _StrengthGrid = Field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0], description="α values tried when alpha: auto.")
 
 
 class ImageAttentionPolicy(_Strict):
@@ -437,18 +429,13 @@ class ImageAttentionPolicy(_Strict):
 
     policy: Literal["image_attention"] = "image_attention"
     alpha: float | Literal["auto"] = Field("auto", description="α ≥ 0, or auto: pick from `grid` on val (0 = no change).")
-    grid: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0], description="α values tried when alpha: auto.")
+    grid: _StrengthGrid = Field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0], description="α values tried when alpha: auto.")
     from_layer: int | Literal["auto"] = Field("auto", description="First layer changed, or auto: pick from `layer_grid` on val.")
     layer_grid: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75],
                                     description="First layers tried when from_layer: auto, as fractions of the depth (0 = layer 0).")
     heads: Literal["all", "search"] = Field("all", description="all: every head of those layers (PAI). search: the search's "
                                             "top-k heads there by positive and negative scores (VAF).")
     k: int = Field(8, ge=1, description="Heads amplified with heads: search.")
-
-    @field_validator("grid")
-    @classmethod
-    def _grid(cls, v: list[float]) -> list[float]:
-        return _grid_nonneg(v, "grid")
 
     @field_validator("layer_grid")
     @classmethod
