@@ -25,6 +25,9 @@ __all__ = ["PolicyRow", "PolicyTable", "policy_tables", "POLICY_ORDER"]
 # The paper's policies first, then the field's rivals (issue 22).
 POLICY_ORDER = ["paper", "linear", "topk", "learned", "ablate", "steer", "image_attention", "none"]
 _NOT_CHOSEN = {"policy", "answer_match", "protocol", "kind"}
+# What each policy settles on (or was fixed to); other scalar entries of its document are settings.
+CHOSEN_KEYS = {"paper": ("k", "lambda"), "linear": ("lambda",), "topk": ("k", "alpha", "beta"), "learned": ("best_epoch",),
+               "ablate": ("k", "mode"), "steer": ("heads", "k", "alpha"), "image_attention": ("heads", "from_layer", "alpha", "k")}
 
 
 @dataclass
@@ -102,12 +105,14 @@ def _dataset_label(data: dict[str, Any]) -> str:
 def chosen_params(doc: dict[str, Any], spec_modulation: dict[str, Any] | None) -> dict[str, Any]:
     """What the policy settled on: the modulation document's scalar entries (the describe() lists,
     head lists and vector norms, are the intervention, not its parameters), plus the spec's head
-    choice (``heads: search / probe / all``), which the document's head list shadows."""
+    choice (``heads: search / probe / all``), which the document's head list shadows; for a known
+    policy only its own parameters (CHOSEN_KEYS), not its fixed settings."""
     out = {k: v for k, v in doc.items() if k not in _NOT_CHOSEN and isinstance(v, (int, float, str, bool))}
     heads = (spec_modulation or {}).get("heads")
     if isinstance(heads, str):
         out = {"heads": heads, **out}
-    return out
+    keys = CHOSEN_KEYS.get(str(doc.get("policy")))
+    return out if keys is None else {k: out[k] for k in keys if k in out}
 
 
 def policy_tables(store: Any, run_ids: list[str]) -> list[PolicyTable]:
