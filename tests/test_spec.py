@@ -153,7 +153,7 @@ def test_unknown_key_in_a_policy_lists_only_that_policys_fields():
         (BASE + "search: {strategy: fastest}\n", "search.strategy", "'reference', 'exact'", 4),
         (BASE + "search: {}\nmodulation:\n  policy: linear\n  lam: big\n", "modulation.lam", "Input should be 'auto'", 7),
         (BASE + "search: {}\nmodulation:\n  policy: topk\n  k: 0\n", "modulation.k", "greater than or equal to 1", 7),
-        (BASE + "search: {}\nmodulation: {policy: lineer}\n", "modulation.policy", "unknown policy 'lineer'; use linear, topk, paper, learned or none", 5),
+        (BASE + "search: {}\nmodulation: {policy: lineer}\n", "modulation.policy", "unknown policy 'lineer'; use linear, topk, paper, learned, none, ablate, steer or image_attention", 5),
         (BASE + "search: {}\nevaluate: {bootstrap: 10}\n", "evaluate.bootstrap", "greater than or equal to 100", 5),
     ],
     ids=["seed", "top_k", "batch_size", "device", "dtype", "strategy", "lam", "topk.k", "policy", "bootstrap"],

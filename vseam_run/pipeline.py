@@ -132,9 +132,11 @@ def run(
     heartbeat_s: float | None = None,
     on_created: Callable[[str], None] | None = None,
     resume_options: str = "",
+    reuse_search: bool = False,
 ) -> RunOutcome:
     """Run every stage of `spec`; with `resume`, continue that run id instead of starting one.
     `resume_options` ends the printed resume command (e.g. " --db results.db").
+    `reuse_search`: take another run's head search from the same inputs (stages/search_reuse.py).
 
     SIGTERM / SIGHUP end the run like Ctrl-C: it is recorded as interrupted and a
     `lifecycle.RunInterrupted` (a KeyboardInterrupt carrying the exit code) is raised.
@@ -145,7 +147,8 @@ def run(
         if not world.main:  # only rank 0 writes the registry and the log
             store, log, on_created = dist.MainOnlyStore(store), _silent, None
         return _run(spec, store, entry, dist.device_for(device, world), resume=resume, force=force, log=log,
-                    heartbeat_s=heartbeat_s, on_created=on_created, resume_options=resume_options)
+                    heartbeat_s=heartbeat_s, on_created=on_created, resume_options=resume_options,
+                    reuse_search=reuse_search and not world.active)
 
 
 def _silent(_: Any) -> None:
@@ -181,7 +184,8 @@ def _open_run(spec: Spec, store: RunStore, entry, device: torch.device, resume: 
 
 
 def _run(spec: Spec, store: RunStore, entry, device: torch.device, *, resume: str | None, force: bool, log: Log,
-         heartbeat_s: float | None, on_created: Callable[[str], None] | None, resume_options: str = "") -> RunOutcome:
+         heartbeat_s: float | None, on_created: Callable[[str], None] | None, resume_options: str = "",
+         reuse_search: bool = False) -> RunOutcome:
     run_id = dist.main_decides(lambda: _open_run(spec, store, entry, device, resume, force, log))
     if on_created is not None:
         on_created(run_id)
@@ -192,6 +196,7 @@ def _run(spec: Spec, store: RunStore, entry, device: torch.device, *, resume: st
         try:
             with beat:
                 stages = _Stages(spec, store, run_id, entry, device, log)
+                stages.reuse_search = reuse_search
                 dist.barrier()  # every rank has read the ledger before rank 0 writes to it
                 metrics = stages.run_all()
         except KeyboardInterrupt as e:
@@ -293,6 +298,10 @@ class _Stages:
                 self.log(f"  fast path '{name}' off for this model: {sc['reason']}")
         if not self.vlm.replay:
             self.log("  every number from model(**inputs)")
+        if spec.modulation is not None:  # a policy that cannot act on this model refuses now, not after the search
+            from vseam_run.modulation import policy_for
+
+            policy_for(spec.modulation).preflight(self.vlm, items)
         baseline_fp = fingerprint(model=self.model, questions=items_part(items), untokenizable=untokenizable,
                                   batch_size=spec.batch_size, answer_match=self._answer_match(), **self._generate_fp())
         # The rows are in the registry already; the ledger entry need not hold them twice.
@@ -312,8 +321,14 @@ class _Stages:
         by_split = {s: [it for it in items if it.split == s] for s in ("search", "val", "test")}
         search_fp = fingerprint(model=self.model, questions=items_part(by_split["search"]), search=spec.search,
                                 batch_size=spec.batch_size)
-        result = self.stage("search", search_fp, lambda: self._search(by_split["search"], search_fp),
+        reuse = self._search_reuse_key(search_fp, data_fp) if self.reuse_search else None
+        result = self.stage("search", search_fp, lambda: self._reused_search(by_split["search"], search_fp, reuse)
+                            or self._search(by_split["search"], search_fp),
                             save=SearchResult.to_state, load=SearchResult.from_state)
+        if reuse is not None:  # later runs with the same inputs may take this search
+            from vseam_run.stages import search_reuse
+
+            search_reuse.publish(self.store, self.run_id, reuse)
         if spec.modulation is not None or spec.evaluate is not None:
             self._modulate_and_evaluate(result, search_fp, by_split)
         return self.metrics
@@ -420,6 +435,34 @@ class _Stages:
             batch_size=self.spec.batch_size, batch_rows=s.batch_rows, stream=s.stream or self.spec.stream,
             checkpoint=self.ledger.checkpointer("search", fp),
         )
+        return self._record_search(result, items)
+
+    reuse_search = False
+
+    def _search_reuse_key(self, search_fp: Fingerprint, data_fp: Fingerprint) -> Fingerprint:
+        from vseam_run.stages import search_reuse
+
+        return search_reuse.reuse_key(search_fp, data_fp, self.spec)
+
+    def _reused_search(self, items: list[Item], fp: Fingerprint, key: Fingerprint | None) -> SearchResult | None:
+        """Another run's finished search from exactly these inputs (None: compute it)."""
+        if key is None:
+            return None
+        from vseam_run.stages import search_reuse
+
+        found = search_reuse.find(self.store, self.run_id, self.entry.name, key, fp)
+        if found is None:
+            self.log("  no earlier run searched from these inputs: searching")
+            return None
+        other, outputs = found
+        self.store.put_document(self.run_id, search_reuse.DOCUMENT, {"run_id": other, "key": key.value})
+        self.log(f"  search reused from run {other} (same model, data, edits, search settings, seed and search code)")
+        return self._record_search(SearchResult.from_state(outputs), items)
+
+    def _record_search(self, result: SearchResult, items: list[Item]) -> SearchResult:
+        """The search's documents, metrics and heatmaps (computed here or reused)."""
+        s = self.spec.search
+        assert s is not None
         heads = result.to_json()
         self.store.put_document(self.run_id, "heads", heads)
         self.store.put_document(self.run_id, "search.effects", encode_effects(result.qids, result.effects, result.correct,

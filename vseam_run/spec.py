@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vseam_run.errors import SpecError, VseamError
 from vseam_run.placement import DeviceMap, Quantization, check_device_map
@@ -376,8 +376,93 @@ class NonePolicy(_Strict):
     policy: Literal["none"] = "none"
 
 
+def _grid_nonneg(v: list[float]) -> list[float]:
+    if not v or min(v) < 0 or not all(math.isfinite(x) for x in v):
+        raise ValueError("grid needs at least one value, all finite and ≥ 0")
+    return v
+
+
+def _k_grid_positive(v: list[int]) -> list[int]:
+    if not v or min(v) < 1:
+        raise ValueError("k_grid needs at least one value, all ≥ 1")
+    return v
+
+
+# The rival policies' grids (one check each, shared).
+_StrengthGrid = Annotated[list[float], AfterValidator(_grid_nonneg)]
+_KGrid = Annotated[list[int], AfterValidator(_k_grid_positive)]
+
+
+class AblatePolicy(_Strict):
+    """Deactivate the top-K negative heads (AD-HH): their o_proj-input slices zeroed (or the other
+    heads' mean); K chosen on val from `k_grid`, K = 0 (no change) always competing."""
+
+    policy: Literal["ablate"] = "ablate"
+    k: int | Literal["auto"] = Field("auto", description="Heads to ablate, or auto: pick from `k_grid` (and 0) on val.")
+    k_grid: _KGrid = Field(default_factory=lambda: [1, 2, 4, 8, 16], description="K values tried when k: auto.")
+    mode: Literal["zero", "mean"] = Field("zero", description="zero: the head's slice set to 0. mean: to the other heads' mean.")
+
+    @field_validator("k")
+    @classmethod
+    def _k_nonneg(cls, v: int | str) -> int | str:
+        if not isinstance(v, str) and v < 0:
+            raise ValueError("k must be ≥ 0")
+        return v
+
+
+class SteerPolicy(_Strict):
+    """Add α × (mean last-position slice on correctly answered search questions − on wrongly answered
+    ones) to K heads' o_proj-input slices (ICT / VTI); K and α chosen on val."""
+
+    policy: Literal["steer"] = "steer"
+    heads: Literal["search", "probe"] = Field(
+        "search", description="search: top-K by the search's positive and negative scores. probe: top-K by a per-head "
+        "linear probe's balanced accuracy on val (fitted on the search split) predicting a correct answer (ICT).")
+    k: int | Literal["auto"] = Field("auto", description="Heads steered, or auto: pick from `k_grid` on val.")
+    k_grid: _KGrid = Field(default_factory=lambda: [1, 4, 16], description="K values tried when k: auto.")
+    alpha: float | Literal["auto"] = Field("auto", description="Strength α ≥ 0, or auto: pick from `grid` on val (0 = no change).")
+    grid: _StrengthGrid = Field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0, 4.0], description="α values tried when alpha: auto.")
+
+
+class ImageAttentionPolicy(_Strict):
+    """Multiply the attention text positions pay to image tokens by (1 + α) and renormalise, in layers
+    from `from_layer` on, in every head or the search's top-K (PAI / VAF); α and the first layer on val."""
+
+    policy: Literal["image_attention"] = "image_attention"
+    alpha: float | Literal["auto"] = Field("auto", description="α ≥ 0, or auto: pick from `grid` on val (0 = no change).")
+    grid: _StrengthGrid = Field(default_factory=lambda: [0.0, 0.25, 0.5, 1.0], description="α values tried when alpha: auto.")
+    from_layer: int | Literal["auto"] = Field("auto", description="First layer changed, or auto: pick from `layer_grid` on val.")
+    layer_grid: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75],
+                                    description="First layers tried when from_layer: auto, as fractions of the depth (0 = layer 0).")
+    heads: Literal["all", "search"] = Field("all", description="all: every head of those layers (PAI). search: the search's "
+                                            "top-k heads there by positive and negative scores (VAF).")
+    k: int = Field(8, ge=1, description="Heads amplified with heads: search.")
+
+    @field_validator("layer_grid")
+    @classmethod
+    def _fractions(cls, v: list[float]) -> list[float]:
+        if not v or min(v) < 0 or max(v) >= 1:
+            raise ValueError("layer_grid needs at least one fraction of the depth, each in [0, 1)")
+        return v
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v: float | str) -> float | str:
+        if not isinstance(v, str) and (v < 0 or not math.isfinite(v)):
+            raise ValueError("α must be finite and ≥ 0")
+        return v
+
+    @field_validator("from_layer")
+    @classmethod
+    def _layer(cls, v: int | str) -> int | str:
+        if not isinstance(v, str) and v < 0:
+            raise ValueError("from_layer must be ≥ 0")
+        return v
+
+
 ModulationSpec = Annotated[
-    LinearPolicy | TopKPolicy | PaperPolicy | LearnedPolicy | NonePolicy, Field(discriminator="policy")
+    LinearPolicy | TopKPolicy | PaperPolicy | LearnedPolicy | NonePolicy | AblatePolicy | SteerPolicy | ImageAttentionPolicy,
+    Field(discriminator="policy"),
 ]
 
 
@@ -523,8 +608,14 @@ class Spec(_Strict):
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> dict[str, Any]:
-    """Apply `a.b=value` overrides (values parsed as YAML) to a raw spec mapping."""
+    """Apply `a.b=value` overrides (values parsed as YAML) to a raw spec mapping.
+
+    `modulation.policy=X` naming another policy than the spec's starts that section afresh from
+    X's defaults (the old policy's fields would not fit X), and is applied before the other
+    overrides, so `--set modulation.policy=steer --set modulation.alpha=1` works in either order.
+    """
     errors = []
+    overrides = sorted(overrides, key=lambda item: item.split("=", 1)[0].strip() != "modulation.policy")
     for item in overrides:
         if "=" not in item:
             errors.append(f"--set {item}: expected key=value (e.g. --set {item.strip() or 'seed'}=1)")
@@ -544,6 +635,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str) -> 
                 break
             node = node[part]
         else:
+            if parts == ["modulation", "policy"] and node.get("policy") != value:
+                node.clear()  # a policy switch: the section restarts from the new policy's defaults
             node[parts[-1]] = value
     if errors:
         raise SpecError(source, errors)

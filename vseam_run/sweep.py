@@ -95,8 +95,9 @@ def plan(spec_path: Path, sets: list[str], sweep_id: str | None = None) -> Sweep
 
 
 def run_sweep(sweep: Sweep, store: RunStore, *, log: Callable[[str], None],
-              run_log: Callable[[object], None] | None = None) -> Sweep:
-    """Run every point in order; a failed point is recorded and the sweep goes on."""
+              run_log: Callable[[object], None] | None = None, reuse_search: bool = False) -> Sweep:
+    """Run every point in order; a failed point is recorded and the sweep goes on. With
+    `reuse_search`, a point takes an earlier run's head search from identical inputs."""
     from vseam_run import pipeline
 
     for spec in {id(p.spec): p.spec for p in sweep.points}.values():
@@ -114,7 +115,8 @@ def run_sweep(sweep: Sweep, store: RunStore, *, log: Callable[[str], None],
             add_label(store, run_id, "sweep", sweep.sweep_id)
 
         try:
-            pipeline.run(point.spec, store, log=run_log or (lambda s: None), on_created=tag, resume=resume)
+            pipeline.run(point.spec, store, log=run_log or (lambda s: None), on_created=tag, resume=resume,
+                         reuse_search=reuse_search)
             point.status = "succeeded"
         except KeyboardInterrupt:
             point.status = "interrupted"

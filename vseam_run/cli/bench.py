@@ -185,7 +185,7 @@ def recovery(
     small: Annotated[bool, typer.Option("--small", help="Quick mode: object level only, 80 scenes, the null and two plants, paper and topk.")] = False,
     levels: Annotated[str | None, typer.Option("--levels", help="Comma-separated levels (default: all three; --small: object).")] = None,
     variants: Annotated[str | None, typer.Option("--variants", help="Comma-separated variants: null, harmful-L0, harmful-later, harmful-two, removed, weakened.")] = None,
-    policies: Annotated[str | None, typer.Option("--policies", help="Comma-separated policies (default: paper, linear, topk, learned).")] = None,
+    policies: Annotated[str | None, typer.Option("--policies", help="Comma-separated policies (default: paper, linear, topk, learned; also ablate, steer, image_attention).")] = None,
     images: Annotated[int | None, typer.Option("--images", help="Toy-world scenes per level (default 200; --small 80).")] = None,
     use_images: Annotated[int | None, typer.Option("--use-images", help="Toy-world scenes (all levels) for choosing the planted heads by ablation (default 60; --small 40).")] = None,
     control_draws: Annotated[int | None, typer.Option("--control-draws", help="Random-head control draws per evaluated set (default 5; --small 2).")] = None,

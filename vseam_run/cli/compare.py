@@ -15,7 +15,7 @@ from vseam_run import fmt
 from vseam_run.cli.common import DEFAULT_DB, DbOption, JsonOption, console, print_json_with_figure
 from vseam_run.cli.runs import open_registry
 
-Runs = Annotated[list[str], typer.Argument(help="Two or more runs: ids, unique prefixes or 'latest'. Deltas are against the first.")]
+Runs = Annotated[Optional[list[str]], typer.Argument(help="Two or more runs: ids, unique prefixes or 'latest'. Deltas are against the first.")]
 
 # Spec values can be long (prompts, paths); the table truncates, --json never does.
 _MAX_CELL = 40
@@ -23,13 +23,16 @@ _MAX_FLIPPED = 10
 
 
 def compare(
-    runs: Runs,
+    runs: Runs = None,
     db: DbOption = DEFAULT_DB,
     json_: JsonOption = False,
     md: Annotated[bool, typer.Option("--md", help="Print Markdown tables (for a paper draft or an issue).")] = False,
     all_: Annotated[bool, typer.Option("--all", help="Include timings (time.*, search.seconds) among the metrics.")] = False,
     k: Annotated[Optional[int], typer.Option("--k", min=1, help="Top-k of the head sets (default: the smallest search.top_k).")] = None,
     figure: Annotated[Optional[Path], typer.Option("--figure", "-o", help="Write the runs' head heatmaps side by side (one colour scale per row) to this PNG.")] = None,
+    policies: Annotated[bool, typer.Option("--policies", help="The modulation policies side by side instead: one table per dataset "
+                                           "(chosen on val, heads changed, held-out gain with CI and McNemar p, control, in-sample).")] = False,
+    sweep: Annotated[Optional[str], typer.Option("--sweep", help="Add the succeeded runs of this sweep.")] = None,
 ) -> None:
     """Compare two or more runs: spec differences, metrics, head overlap, paired tests.
 
@@ -45,10 +48,23 @@ def compare(
         vseam compare A B C --md > compare.md
 
         vseam compare A B -o heads.png --json | jq '.heads[0].positive.jaccard'
+
+        vseam compare --policies --sweep SWEEP --md   # after vseam sweep SPEC --set modulation.policy=paper,linear,...
     """
     from vseam_run.findings import compare as compare_runs
     from vseam_run.findings import comparison_figure
 
+    if policies:
+        from vseam_run.cli import policies as policy_view
+
+        policy_view.show(list(runs or []), sweep, db, json_, md)
+        return
+    if sweep:
+        with open_registry(db) as store:
+            from vseam_run.findings import load_runs_for
+
+            runs = [r.id for r in load_runs_for(store, list(runs or []), sweep, None)]
+    runs = list(runs or [])
     if len(runs) < 2:  # a usage error (usage line, exit 2), before the registry is opened
         raise typer.BadParameter("compare needs at least two runs", param_hint="RUNS")
 

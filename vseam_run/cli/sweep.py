@@ -19,6 +19,9 @@ def sweep(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Print every run's stage log.")] = False,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue sweep SWEEP: its succeeded points are kept, its interrupted or failed runs resumed.")] = None,
     new: Annotated[bool, typer.Option("--new", help="Start a new sweep even when an unfinished one ran this same grid.")] = False,
+    reuse_search: Annotated[bool, typer.Option("--reuse-search", help="A point takes the head search of an earlier run in this "
+                                               "registry whose inputs match exactly (model and weights, data, edits, search "
+                                               "settings, seed, search code); recorded as search.reused_from.")] = False,
 ) -> int:
     """Run a spec over a grid of --set values, labelling the runs with a sweep id.
 
@@ -72,7 +75,8 @@ def sweep(
             return 0
         try:
             run_sweep(grid, store, log=lambda s: out.print(s, highlight=False, markup=False),
-                      run_log=(lambda s: out.print(s, highlight=False, markup=False)) if verbose else None)
+                      run_log=(lambda s: out.print(s, highlight=False, markup=False)) if verbose else None,
+                      reuse_search=reuse_search)
         except KeyboardInterrupt:
             sets = "".join(f" --set {shlex.quote(x)}" for x in (set_ or []))
             out.print(f"sweep {grid.sweep_id} interrupted; finished points are kept. Continue with: "

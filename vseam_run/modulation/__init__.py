@@ -9,7 +9,9 @@ modulation stage, the exported file and applying it to a model all use that same
 A policy at strength 0 returns the identity.
 
 Policies: ``paper`` (paper.py), ``linear`` (linear.py), ``topk`` (topk.py), ``learned``
-(learned.py), ``none`` (none.py).
+(learned.py), ``none`` (none.py), and the field's rivals on the same protocol: ``ablate``
+(AD-HH, ablate.py), ``steer`` (ICT / VTI, steer.py), ``image_attention`` (PAI / VAF,
+image_attention.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from vseam_run.modulation.intervention import (
 
 # Importing a policy module registers it.
 from vseam_run.modulation import learned, linear, none, paper, topk  # noqa: E402,F401  isort: skip
+from vseam_run.modulation import ablate, image_attention, steer  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "Chosen", "FitContext", "Intervention", "POLICIES", "Policy", "ScaleIntervention", "State", "from_state",
