@@ -86,6 +86,10 @@ class TrainRecipe:
     # More training questions of these categories (sample_examples' boost; the held-out set is not
     # boosted): for a model that learns one category far later than the rest.
     boost: dict[str, float] = field(default_factory=dict)
+    # Start the image side (vision tower and projector) from this shipped toy model's instead of
+    # from scratch, as a real VLM starts from a pretrained CLIP; stage 1 then only has to fit the
+    # (unsaved) patch read-outs to it, in `vision_steps` steps. The language model starts from scratch.
+    init_image_side: str | None = None
 
 
 #: Object questions are learned first: at their plain share they were at 0.93-0.97 by the time
@@ -129,6 +133,9 @@ RECIPES: dict[str, TrainRecipe] = {
             text_hidden=128, text_layers=6, text_heads=8, text_intermediate=256,
         ),
         boost=OBJECTS_LESS,
+        init_image_side="toy-llava",
+        vision_steps=100,
+        threads=1,
         lookup_weight=0.5,  # per head: seven of them, so the aid does not drown the answer loss
         lookup_heads={
             "round": [(1, 2)], "boxy": [(1, 2)], "pointy": [(1, 2)],
@@ -426,6 +433,8 @@ def train(name: str, out_dir: Path | None = None, *, steps: int | None = None, q
     words = toyworld.vocabulary() + recipe.extra_words
     build = tiny_llava if recipe.arch == "llava" else tiny_instructblip
     model, processor = build(words, recipe.model)
+    if recipe.init_image_side:
+        _copy_image_side(model, ZOO_DIR / recipe.init_image_side, recipe.arch)
     if recipe.lookup_weight:  # attention weights are needed for the lookup aid; saved models use sdpa
         model.set_attn_implementation("eager")
     size, patch = recipe.model.image_size, recipe.model.patch_size
@@ -503,6 +512,15 @@ def train(name: str, out_dir: Path | None = None, *, steps: int | None = None, q
               "parameters": sum(p.numel() for p in model.parameters())}
     (out_dir / "train_report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _copy_image_side(model, checkpoint: Path, arch: str) -> None:
+    """Load the vision tower and projector weights of a trained checkpoint into `model` (LLaVA only)."""
+    if arch != "llava":
+        raise ValueError("init_image_side is implemented for LLaVA-architecture recipes only")
+    trained = type(model).from_pretrained(checkpoint)
+    model.model.vision_tower.load_state_dict(trained.model.vision_tower.state_dict())
+    model.model.multi_modal_projector.load_state_dict(trained.model.multi_modal_projector.state_dict())
 
 
 def reached_floors(acc: dict[str, float], recipe: TrainRecipe) -> bool:
