@@ -11,7 +11,7 @@ first order from one forward and one backward pass per batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -23,10 +23,6 @@ from vseam_run.progress import progress
 from vseam_run.vlm import VLM, Prepared
 
 OnLayer = Callable[[int, np.ndarray], None]
-
-#: What attribution takes to first order (first_order_effects).
-AttributionScale = Literal["logit", "prob"]
-ATTRIBUTION_SCALES: tuple[str, ...] = ("logit", "prob")
 
 #: Questions per layer and per group (answered right / wrong) whose attribution offset is
 #: measured exactly; see attribution_effects.
@@ -287,15 +283,8 @@ def attribution_effects(
     batch_rows: int = 64,
     offset_samples: int | None = OFFSET_SAMPLES,
     stream: bool = False,
-    scale: AttributionScale = "logit",
 ) -> Effects:
     """First-order estimates of every head's effect, shifted by a per-layer offset measured exactly.
-
-    `scale` is the quantity taken to first order (see first_order_effects): "logit", the gold
-    logit difference (log p − log(1 − p)), which does not saturate, mapped back to a change in
-    probability; "prob", the gold probability itself (the estimate before issue 20: it
-    underrated the largest effects several-fold). Either way effects are in probability units,
-    like exact's, so that the two compare and rank on one scale.
 
     Why the offsets: what first order misses is mostly common to the heads of a layer.
     Ablating any head of a layer is a perturbation of about the same size, and the curvature of
@@ -313,7 +302,7 @@ def attribution_effects(
     exact effect. This costs at most 2 × offset_samples rows per layer, whatever the number of
     questions and heads. `offset_samples=None`: first order only.
     """
-    first = first_order_effects(vlm, items, mode, batch_size=batch_size, scale=scale)
+    first = first_order_effects(vlm, items, mode, batch_size=batch_size)
     if not offset_samples:
         return first
     Q, L, H = first.effects.shape
@@ -350,27 +339,12 @@ def offset_picks(correct: np.ndarray, layers: int, heads: int, samples: int) -> 
     return picks
 
 
-def first_order_effects(vlm: VLM, items: Sequence[SearchItem], mode: str, *, batch_size: int = 16,
-                        scale: AttributionScale = "prob") -> Effects:
-    """First-order estimate of every head's effect at every layer's o_proj input.
-
-    scale="prob": effect ≈ −<∂p_gold/∂x_h, Δx_h>, the derivative of the gold probability itself.
-    It saturates: where the model is sure (p near 1) or sure it is something else (p near 0),
-    ∂p = p(1 − p)·∂ℓ is tiny whatever the head does, so the heads with the largest effects (those
-    that move p across most of [0, 1]) are the most underrated (issue 20: a planted harmful
-    head 0.055 against exact's 0.35).
-
-    scale="logit": the first-order change of the gold logit difference ℓ = log p − log(1 − p)
-    (computed from the log-softmax, so it stays accurate at p ≈ 1), Δℓ ≈ <∂ℓ/∂x_h, Δx_h>,
-    mapped back through the sigmoid: effect ≈ p − σ(ℓ + Δℓ). ℓ is a difference of logits, linear
-    in the final hidden state, so first order holds over much larger changes; the result is
-    still a change in probability (and equals the "prob" estimate to first order for small ones).
+def first_order_effects(vlm: VLM, items: Sequence[SearchItem], mode: str, *, batch_size: int = 16) -> Effects:
+    """First-order estimate: effect ≈ −<∂p_gold/∂x_h, Δx_h> at every layer's o_proj input.
 
     One forward and one backward pass per batch of questions give every head's estimate.
     Gradients flow through activations only (weights are frozen).
     """
-    if scale not in ATTRIBUTION_SCALES:
-        raise ValueError(f"unknown attribution scale {scale!r}; choose from {ATTRIBUTION_SCALES}")
     L, H, Q = vlm.num_layers, vlm.num_heads, len(items)
     effects = np.zeros((Q, L, H))
     base_prob = np.zeros(Q)
@@ -387,42 +361,20 @@ def first_order_effects(vlm: VLM, items: Sequence[SearchItem], mode: str, *, bat
             prep = b.prep.with_embeds(embeds)
             store: list = []
             with torch.enable_grad(), capture_o_proj_inputs(vlm, store):
-                logits = vlm.last_logits(prep)
-                scores = vlm.score(logits, b.gold)
+                scores = vlm.score(vlm.last_logits(prep), b.gold)
                 probs = scores.gold_prob
-                target = probs if scale == "prob" else gold_logit_difference(logits, b.gold)
-                grads = torch.autograd.grad(target.sum(), store)
+                grads = torch.autograd.grad(probs.sum(), store)
             n = len(b.prep)
-            first = np.zeros((n, L, H))
             for l in range(L):
                 x = store[l].detach()
                 delta = ablation_delta(x, H, mode).float()
                 g = grads[l].float().view_as(delta)
-                # ablated − base ≈ Σ_{t,d} g·Δ (of p, or of ℓ).
-                first[:, l] = (g * delta).sum(dim=(1, 3)).cpu().numpy()
-            p = probs.detach().cpu().numpy().astype(np.float64)
-            if scale == "prob":
-                effects[b.offset : b.offset + n] = -first  # the effect is base − ablated
-            else:
-                ell = target.detach().cpu().numpy().astype(np.float64)[:, None, None]
-                effects[b.offset : b.offset + n] = _sigmoid(ell) - _sigmoid(ell + first)
-            base_prob[b.offset : b.offset + n] = p
+                # ablated − base ≈ Σ_{t,d} g·Δ; the effect is base − ablated.
+                effects[b.offset : b.offset + n, l] = (-(g * delta).sum(dim=(1, 3))).cpu().numpy()
+            base_prob[b.offset : b.offset + n] = probs.detach().cpu().numpy()
             correct[b.offset : b.offset + n] = scores.correct.cpu().numpy()
             advance(1)
     _gather_rows(w, spans, mine, effects)
     _gather_rows(w, spans, mine, base_prob)
     _gather_rows(w, spans, mine, correct)
     return Effects(effects, base_prob, correct)
-
-
-def gold_logit_difference(logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
-    """ℓ = log p_gold − log(1 − p_gold) per row, from the log-softmax (not from p, which rounds to
-    1 in float32 long before ℓ stops growing): the gold logit against the log-sum-exp of all others."""
-    lp = logits.float().log_softmax(-1)
-    gold_lp = lp.gather(1, gold[:, None])[:, 0]
-    others = lp.scatter(1, gold[:, None], float("-inf")).logsumexp(-1)
-    return gold_lp - others
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # stable at both ends, unlike 1 / (1 + exp(−x))
