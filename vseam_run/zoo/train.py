@@ -67,6 +67,12 @@ class TrainRecipe:
     # second; one entry serves every mention). `lookup_head` is then unused. One head per
     # category keeps the answers of each category running through their own head (toy-llava-spread).
     lookup_heads: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    # With `lookup_heads`: each lookup head's own output (its slice of the o_proj input) at the kind
+    # words it looks up must also say, through a linear read-out, that object's facts
+    # (HeadReaders). The attention aid alone shapes where a head looks, not whether what it brings
+    # back is used: attempt 3 of toy-llava-spread routed its answers through three layer-0 heads
+    # the aid never named.
+    head_read_weight: float = 0.0
     warmup: int = 200
     weight_decay: float = 0.01
     train_examples: int = 24000
@@ -396,6 +402,41 @@ def lookup_targets(recipe: TrainRecipe, data: Encoded, idx: torch.Tensor) -> lis
     return list(out.items())
 
 
+class HeadReaders(torch.nn.Module):
+    """Training aid, not saved: one linear read-out of kind_facts per lookup head, off that head's
+    slice of the o_proj input (what the head writes, before mixing) at the kind words it serves."""
+
+    def __init__(self, heads: list[tuple[int, int]], head_dim: int, n_facts: int):
+        super().__init__()
+        self.head_dim = head_dim
+        self.read = torch.nn.ModuleDict({f"{l}_{h}": torch.nn.Linear(head_dim, n_facts) for l, h in heads})
+
+    def loss(self, o_inputs: dict[int, torch.Tensor], targets, facts: torch.Tensor) -> torch.Tensor:
+        """o_inputs: layer -> [B, T, heads * head_dim]; targets: lookup_targets' (head, mention) pairs."""
+        loss = facts.new_zeros(())
+        for (layer, head), mention in targets:
+            on, target = facts_at(mention, facts)
+            if on.any():
+                x = o_inputs[layer][..., head * self.head_dim : (head + 1) * self.head_dim]
+                loss = loss + _facts_bce(self.read[f"{layer}_{head}"](x[on]), target)
+        return loss
+
+
+@contextlib.contextmanager
+def o_proj_inputs(model, arch: str, layers: set[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Forward pre-hooks recording, on every forward pass, the o_proj input of the given language
+    model layers (the heads' outputs side by side)."""
+    seen: dict[int, torch.Tensor] = {}
+    blocks = model.model.language_model.layers if arch == "llava" else model.language_model.model.layers
+    handles = [blocks[l].self_attn.o_proj.register_forward_pre_hook(
+        lambda _m, args, l=l: seen.__setitem__(l, args[0])) for l in sorted(layers)]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def last_logits(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(**inputs, logits_to_keep=1).logits[:, -1]
 
@@ -457,10 +498,12 @@ def train(name: str, out_dir: Path | None = None, *, steps: int | None = None, q
     m = recipe.model
     aux = AuxHeads(m.vision_hidden, m.qformer_hidden if recipe.arch == "instructblip" else None, m.text_hidden,
                    train_set.facts.shape[1], train_set.facts.shape[2])
+    read_heads = sorted({tuple(h) for hs in recipe.lookup_heads.values() for h in hs}) if recipe.head_read_weight else []
+    readers = HeadReaders(read_heads, m.text_hidden // m.text_heads, train_set.facts.shape[2])
     t0 = time.perf_counter()
-    with taps(model, recipe.arch) as seen:
+    with taps(model, recipe.arch) as seen, o_proj_inputs(model, recipe.arch, {l for l, _ in read_heads}) as o_in:
         _pretrain_image_side(model, recipe, aux, train_set, gen, seen, log)
-        params = list(model.parameters()) + list(aux.parameters())
+        params = list(model.parameters()) + list(aux.parameters()) + list(readers.parameters())
         opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, recipe.warmup, recipe.steps))
         perm, pos = torch.randperm(n, generator=gen), 0
@@ -480,9 +523,12 @@ def train(name: str, out_dir: Path | None = None, *, steps: int | None = None, q
                 facts = train_set.facts[idx]
                 if recipe.lookup_weight:
                     attentions = out.attentions if recipe.arch == "llava" else out.language_model_outputs.attentions
-                    for (layer, head), mention in lookup_targets(recipe, train_set, idx):
+                    targets = lookup_targets(recipe, train_set, idx)
+                    for (layer, head), mention in targets:
                         loss = loss + recipe.lookup_weight * lookup_loss(
                             attentions[layer][:, head], mention, train_set.patch_kinds[idx], train_set.image_pos[idx])
+                    if read_heads:
+                        loss = loss + recipe.head_read_weight * readers.loss(o_in, targets, facts)
                 if recipe.mention_weight:
                     loss = loss + recipe.mention_weight * aux.mention_loss(seen["hidden"], train_set.mention[idx], facts)
                 if recipe.answer_weight:
