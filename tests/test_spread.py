@@ -81,3 +81,11 @@ def test_shipped_spread_model_has_no_one_head_and_its_layer0_heads_matter():
     found = sp.Spread(use, sp.top_positive_by_level(vlm, items, n=32))
     assert set(found.top_positive) == set(sp.LEVELS)
     assert found.one_head_everywhere() is None, found.top_positive
+
+
+def test_zoo_spread_refuses_an_unknown_ablation(capsys):
+    from vseam_run.cli.main import cli
+
+    assert cli(["zoo", "spread", "toy-llava-spread", "--ablation", "half"]) == 2
+    err = capsys.readouterr()
+    assert "--ablation" in err.out + err.err and "Traceback" not in err.out + err.err
