@@ -14,7 +14,7 @@ app = typer.Typer(help="The built-in toy models.", no_args_is_help=True)
 
 @app.command("train")
 def train(
-    name: Annotated[str, typer.Argument(help="toy-llava or toy-instructblip")],
+    name: Annotated[str, typer.Argument(help="toy-llava, toy-instructblip or toy-llava-spread")],
     out: Annotated[Optional[Path], typer.Option("--out", help="Checkpoint folder (default: ~/.cache/vseam/zoo/NAME; env VSEAM_ZOO sets the parent).")] = None,
     in_place: Annotated[bool, typer.Option("--in-place", help="Overwrite the checkpoint shipped inside the package (what `model: toy-llava` loads).")] = False,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Override the recipe's maximum number of steps (training also stops early once held-out accuracy reaches the recipe's floors).")] = None,
@@ -162,3 +162,48 @@ def heads(
     c = console()
     c.print(t)
     c.print(f"used heads ({len(used)}): " + (", ".join(f"L{l}.H{h} ({d:.3f})" for l, h, d in used) or "none"), highlight=False)
+
+
+@app.command("spread")
+def spread(
+    src: Annotated[str, typer.Argument(help="A registry name (toy-llava-spread) or a registry entry YAML file.")],
+    images: Annotated[int, typer.Option("--images", min=4, help="Toy-world scenes (about 2.5 questions each, all levels).")] = 240,
+    search: Annotated[int, typer.Option("--search", min=1, help="Questions per level for the exact search of the top positive head.")] = 64,
+    mode: Annotated[str, typer.Option("--ablation", help="mean (the head search's rule) or zero (`vseam zoo heads`).")] = "mean",
+    json_: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a summary.")] = False,
+) -> None:
+    """Do the model's answers run through one head? The heads that each cost ≥ 0.05 accuracy when
+    ablated alone, and the top positive head of an exact search at each level (issue 20 item 4).
+
+    Examples:
+
+      vseam zoo spread toy-llava-spread
+
+      vseam zoo spread toy-llava --images 100 --json
+    """
+    import torch
+
+    from vseam_run.cli.common import print_json
+    from vseam_run.errors import VseamError
+    from vseam_run.registry import get_entry
+    from vseam_run.vlm import VLM
+    from vseam_run.zoo import spread as sp
+
+    if mode not in ("mean", "zero"):
+        raise VseamError(f"--ablation must be mean or zero, not {mode!r}", hint="give --ablation mean or --ablation zero")
+    entry = get_entry(src)
+    vlm = VLM.load(entry, torch.device("cpu"), torch.float32)
+    c = console()
+    found = sp.measure(vlm, images, search, mode=mode, log=None if json_ else (lambda s: c.print(s, highlight=False)))
+    if json_:
+        print_json({"model": entry.name, **found.to_json()})
+        return
+    used = found.used()
+    c.print(f"{entry.name}: base accuracy {found.use.base_accuracy:.3f} on {found.use.n} questions ({mode}-ablation)", highlight=False)
+    c.print(f"heads costing ≥ {sp.MATTERS:g} ({len(used)}, layers {sorted({l for l, _, _ in used})}): "
+            + (", ".join(f"L{l}.H{h} ({d:.3f})" for l, h, d in used) or "none"), highlight=False)
+    for level, (l, h, s) in found.top_positive.items():
+        c.print(f"top positive head, {level}: L{l}.H{h} ({s:.3f})", highlight=False)
+    one = found.one_head_everywhere()
+    c.print(f"one head top at every level: {'L%d.H%d' % one if one else 'none'}; "
+            f"≥ {sp.MIN_HEADS} such heads in ≥ {sp.MIN_LAYERS} layers: {'yes' if found.spread_enough() else 'no'}", highlight=False)

@@ -62,6 +62,17 @@ class TrainRecipe:
     # steps to never in 4,000 with the same recipe and another world.
     lookup_weight: float = 1.0
     lookup_head: tuple[int, int] = (0, 0)
+    # When set, the lookup aid is spread instead: question category -> the heads that look up its
+    # kind words, by mention order (the first entry for the first kind word, the second for the
+    # second; one entry serves every mention). `lookup_head` is then unused. One head per
+    # category keeps the answers of each category running through their own head (toy-llava-spread).
+    lookup_heads: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    # With `lookup_heads`: each lookup head's own output (its slice of the o_proj input) at the kind
+    # words it looks up must also say, through a linear read-out, that object's facts
+    # (HeadReaders). The attention aid alone shapes where a head looks, not whether what it brings
+    # back is used: attempt 3 of toy-llava-spread routed its answers through three layer-0 heads
+    # the aid never named.
+    head_read_weight: float = 0.0
     warmup: int = 200
     weight_decay: float = 0.01
     train_examples: int = 24000
@@ -81,6 +92,10 @@ class TrainRecipe:
     # More training questions of these categories (sample_examples' boost; the held-out set is not
     # boosted): for a model that learns one category far later than the rest.
     boost: dict[str, float] = field(default_factory=dict)
+    # Start the image side (vision tower and projector) from this shipped toy model's instead of
+    # from scratch, as a real VLM starts from a pretrained CLIP; stage 1 then only has to fit the
+    # (unsaved) patch read-outs to it, in `vision_steps` steps. The language model starts from scratch.
+    init_image_side: str | None = None
 
 
 #: Object questions are learned first: at their plain share they were at 0.93-0.97 by the time
@@ -111,6 +126,34 @@ RECIPES: dict[str, TrainRecipe] = {
         # material: 0.54 held-out while objects reached 0.91 and relations 0.86; 0.77 only at
         # 2,250 steps, with relations at 0.99).
         boost={"material": 2.0, **OBJECTS_LESS},
+    ),
+    # The third toy model (issue 20 item 4): toy-llava's recipe with the lookup aid spread over
+    # seven heads in three layers, one head (or two, for the two kind words of a relation) per
+    # question category, so that the answers do not all run through one head as they run through
+    # L0.H0 in the two models above.
+    "toy-llava-spread": TrainRecipe(
+        arch="llava",
+        prompt="<image> {question} answer:",
+        model=TinyVLMConfig(
+            image_size=32, patch_size=8, vision_hidden=64, vision_layers=2, vision_heads=4,
+            text_hidden=128, text_layers=6, text_heads=8, text_intermediate=256,
+        ),
+        # Attempt 2 (objects at 0.3 of their share, as above) stopped at 1,500 steps with objects at
+        # 0.948, under the 8 % errors a level must keep: material and spatial questions, learned
+        # last (0.64 and 0.69 at 1,250 steps, objects already 0.92), held the stop back while objects
+        # kept improving. Fewer object questions, more of the two laggards, and an evaluation every
+        # 125 steps, so training stops nearer the step where the last floor is crossed.
+        boost={"round": 0.15, "boxy": 0.15, "pointy": 0.15, "material": 2.0, "spatial": 1.5},
+        eval_every=125,
+        init_image_side="toy-llava",
+        vision_steps=100,
+        threads=1,
+        lookup_weight=0.5,  # per head: seven of them, so the aid does not drown the answer loss
+        lookup_heads={
+            "round": [(1, 2)], "boxy": [(1, 2)], "pointy": [(1, 2)],
+            "color": [(0, 3)], "material": [(2, 5)],
+            "spatial": [(0, 6), (1, 4)], "link": [(2, 1), (1, 7)],
+        },
     ),
 }
 
@@ -338,6 +381,62 @@ def lookup_loss(attn: torch.Tensor, mention: torch.Tensor, patch_kinds: torch.Te
     return -torch.log(mass.clamp_min(1e-6)).mean()
 
 
+def lookup_targets(recipe: TrainRecipe, data: Encoded, idx: torch.Tensor) -> list[tuple[tuple[int, int], torch.Tensor]]:
+    """The lookup aid's (head, mention) pairs for a batch: with one lookup head, every kind word
+    on it; with `lookup_heads`, each head gets the kind words (by category and mention order) it
+    is assigned, the rest of its mention tensor set to -1 (left free)."""
+    mention = data.mention[idx]
+    if not recipe.lookup_heads:
+        return [(tuple(recipe.lookup_head), mention)]
+    order = (mention >= 0).long().cumsum(-1) - 1  # 0 for the first kind word, 1 for the second, ...
+    cats = [data.categories[i] for i in idx.tolist()]
+    out: dict[tuple[int, int], torch.Tensor] = {}
+    for b, cat in enumerate(cats):
+        heads = recipe.lookup_heads.get(cat, [])
+        for t in torch.nonzero(mention[b] >= 0).flatten().tolist():
+            if not heads:
+                continue
+            head = tuple(heads[min(int(order[b, t]), len(heads) - 1)])
+            m = out.setdefault(head, torch.full_like(mention, -1))
+            m[b, t] = mention[b, t]
+    return list(out.items())
+
+
+class HeadReaders(torch.nn.Module):
+    """Training aid, not saved: one linear read-out of kind_facts per lookup head, off that head's
+    slice of the o_proj input (what the head writes, before mixing) at the kind words it serves."""
+
+    def __init__(self, heads: list[tuple[int, int]], head_dim: int, n_facts: int):
+        super().__init__()
+        self.head_dim = head_dim
+        self.read = torch.nn.ModuleDict({f"{l}_{h}": torch.nn.Linear(head_dim, n_facts) for l, h in heads})
+
+    def loss(self, o_inputs: dict[int, torch.Tensor], targets, facts: torch.Tensor) -> torch.Tensor:
+        """o_inputs: layer -> [B, T, heads * head_dim]; targets: lookup_targets' (head, mention) pairs."""
+        loss = facts.new_zeros(())
+        for (layer, head), mention in targets:
+            on, target = facts_at(mention, facts)
+            if on.any():
+                x = o_inputs[layer][..., head * self.head_dim : (head + 1) * self.head_dim]
+                loss = loss + _facts_bce(self.read[f"{layer}_{head}"](x[on]), target)
+        return loss
+
+
+@contextlib.contextmanager
+def o_proj_inputs(model, arch: str, layers: set[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Forward pre-hooks recording, on every forward pass, the o_proj input of the given language
+    model layers (the heads' outputs side by side)."""
+    seen: dict[int, torch.Tensor] = {}
+    blocks = model.model.language_model.layers if arch == "llava" else model.language_model.model.layers
+    handles = [blocks[l].self_attn.o_proj.register_forward_pre_hook(
+        lambda _m, args, l=l: seen.__setitem__(l, args[0])) for l in sorted(layers)]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def last_logits(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(**inputs, logits_to_keep=1).logits[:, -1]
 
@@ -381,6 +480,8 @@ def train(name: str, out_dir: Path | None = None, *, steps: int | None = None, q
     words = toyworld.vocabulary() + recipe.extra_words
     build = tiny_llava if recipe.arch == "llava" else tiny_instructblip
     model, processor = build(words, recipe.model)
+    if recipe.init_image_side:
+        _copy_image_side(model, ZOO_DIR / recipe.init_image_side, recipe.arch)
     if recipe.lookup_weight:  # attention weights are needed for the lookup aid; saved models use sdpa
         model.set_attn_implementation("eager")
     size, patch = recipe.model.image_size, recipe.model.patch_size
@@ -397,10 +498,12 @@ def train(name: str, out_dir: Path | None = None, *, steps: int | None = None, q
     m = recipe.model
     aux = AuxHeads(m.vision_hidden, m.qformer_hidden if recipe.arch == "instructblip" else None, m.text_hidden,
                    train_set.facts.shape[1], train_set.facts.shape[2])
+    read_heads = sorted({tuple(h) for hs in recipe.lookup_heads.values() for h in hs}) if recipe.head_read_weight else []
+    readers = HeadReaders(read_heads, m.text_hidden // m.text_heads, train_set.facts.shape[2])
     t0 = time.perf_counter()
-    with taps(model, recipe.arch) as seen:
+    with taps(model, recipe.arch) as seen, o_proj_inputs(model, recipe.arch, {l for l, _ in read_heads}) as o_in:
         _pretrain_image_side(model, recipe, aux, train_set, gen, seen, log)
-        params = list(model.parameters()) + list(aux.parameters())
+        params = list(model.parameters()) + list(aux.parameters()) + list(readers.parameters())
         opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, recipe.warmup, recipe.steps))
         perm, pos = torch.randperm(n, generator=gen), 0
@@ -419,10 +522,13 @@ def train(name: str, out_dir: Path | None = None, *, steps: int | None = None, q
                 loss = F.cross_entropy(out.logits[:, -1], answers)
                 facts = train_set.facts[idx]
                 if recipe.lookup_weight:
-                    layer, head = recipe.lookup_head
                     attentions = out.attentions if recipe.arch == "llava" else out.language_model_outputs.attentions
-                    loss = loss + recipe.lookup_weight * lookup_loss(
-                        attentions[layer][:, head], train_set.mention[idx], train_set.patch_kinds[idx], train_set.image_pos[idx])
+                    targets = lookup_targets(recipe, train_set, idx)
+                    for (layer, head), mention in targets:
+                        loss = loss + recipe.lookup_weight * lookup_loss(
+                            attentions[layer][:, head], mention, train_set.patch_kinds[idx], train_set.image_pos[idx])
+                    if read_heads:
+                        loss = loss + recipe.head_read_weight * readers.loss(o_in, targets, facts)
                 if recipe.mention_weight:
                     loss = loss + recipe.mention_weight * aux.mention_loss(seen["hidden"], train_set.mention[idx], facts)
                 if recipe.answer_weight:
@@ -458,6 +564,15 @@ def train(name: str, out_dir: Path | None = None, *, steps: int | None = None, q
               "parameters": sum(p.numel() for p in model.parameters())}
     (out_dir / "train_report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _copy_image_side(model, checkpoint: Path, arch: str) -> None:
+    """Load the vision tower and projector weights of a trained checkpoint into `model` (LLaVA only)."""
+    if arch != "llava":
+        raise ValueError("init_image_side is implemented for LLaVA-architecture recipes only")
+    trained = type(model).from_pretrained(checkpoint)
+    model.model.vision_tower.load_state_dict(trained.model.vision_tower.state_dict())
+    model.model.multi_modal_projector.load_state_dict(trained.model.multi_modal_projector.state_dict())
 
 
 def reached_floors(acc: dict[str, float], recipe: TrainRecipe) -> bool:
