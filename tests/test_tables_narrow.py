@@ -100,7 +100,7 @@ def test_sweep_ends_with_the_swept_metrics(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(pipeline, "preflight", lambda spec: None)
 
-    def fake_run(spec, store, *, log, on_created, resume=None):
+    def fake_run(spec, store, *, log, on_created, resume=None, **_options):  # e.g. reuse_search
         rid = store.create_run(name=spec.name, spec_yaml=f"name: {spec.name}\nseed: {spec.seed}\n",
                                spec_hash=f"h{spec.seed}", model_name="toy", seed=spec.seed)
         on_created(rid)

@@ -109,5 +109,5 @@ def test_set_errors_name_the_override(capsys, release):
     assert rc == 2 and "--set seed: expected key=value (e.g. --set seed=1)" in out, out
     assert "unexpected extra argument" not in out
     rc, out = call(capsys, "run", spec, "--set", "modulation.policy=nope")
-    assert rc == 2 and "modulation.policy: unknown policy 'nope'; use linear, topk, paper, learned or none" in out, out
+    assert rc == 2 and "modulation.policy: unknown policy 'nope'; use linear, topk, paper, learned, none, ablate, steer or image_attention" in out, out
     assert "Input tag" not in out
