@@ -34,6 +34,23 @@ def test_numbers_are_not_cut_in_a_narrow_log():
     assert "[+0.100, +0.462]" in out and "…" not in out
 
 
+def test_headers_of_number_columns_are_not_cut():
+    """`vseam bench search` in a log read "recall@1… | recall@1…": a number column's header was cut
+    with an ellipsis, so positive and negative could not be told apart. It wraps between words instead."""
+    from rich.table import Table
+
+    t = Table()
+    t.add_column("strategy")
+    for header in ("max |diff| vs ref", "recall@10 +", "recall@10 −", "score / exact +"):
+        t.add_column(header, justify="right")
+    t.add_row("attribution+verify", "7.1e-04", "1.00", "0.90", "0.96")
+    out = _render(t, 60)
+    assert "…" not in out, out
+    for word in ("recall@10", "+", "−", "|diff|", "exact", "7.1e-04", "0.96"):
+        assert word in out, out
+    assert out.count("recall@10") == 2, out
+
+
 def test_names_do_not_wrap_mid_word(tmp_path, capsys, monkeypatch):
     db = tmp_path / "runs.db"
     with RunStore(str(db)) as store:

@@ -36,8 +36,8 @@ def keep_whole(table: Table) -> Table:
                    max((len(w) for w in t.split()), default=0) for t in texts]
         longest.append(max((len(w) for w in header.split()), default=0))
         need = max(longest, default=0)
-        if numeric:
-            col.no_wrap = True
+        # No no_wrap: it would cut the header with "…" too ("recall@1…" of what?). A column at least as
+        # wide as its longest number never wraps the number; the header wraps between its words.
         col.min_width = max(col.min_width or 0, need)
         if col.max_width is not None and col.max_width < need:
             col.max_width = need
