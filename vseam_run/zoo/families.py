@@ -142,18 +142,14 @@ def llava_next(words: list[str], cfg: TinyVLMConfig) -> Family:
 
 def qwen2_vl(words: list[str], cfg: TinyVLMConfig) -> Family:
     """Qwen2-VL: 3-D multimodal-RoPE positions from the image grid (rope deltas cached on the model)."""
-    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
+    from transformers import (Qwen2VLConfig, Qwen2VLForConditionalGeneration,
                               Qwen2VLProcessor)
 
     torch.manual_seed(cfg.seed)
     specials = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
     tok = _tokenizer(words, specials)
-    head_dim = cfg.text_hidden // cfg.text_heads
-    third = head_dim // 2 // 3
-    section = [head_dim // 2 - 2 * third, third, third]
     patch, merge = 4, 2
-    text = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, rope_scaling={"type": "mrope", "mrope_section": section},
-                **_text_sizes(cfg))
+    text = _mrope_text(tok, cfg)
     vision = dict(depth=cfg.vision_layers, embed_dim=cfg.vision_hidden, hidden_size=cfg.text_hidden,
                   num_heads=cfg.vision_heads, mlp_ratio=2, patch_size=patch, spatial_merge_size=merge,
                   temporal_patch_size=2, in_channels=3)
@@ -162,29 +158,41 @@ def qwen2_vl(words: list[str], cfg: TinyVLMConfig) -> Family:
                            video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
                            vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
                            vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"), tie_word_embeddings=False)
-    model = Qwen2VLForConditionalGeneration(config).eval()
+    return _qwen_family(Qwen2VLForConditionalGeneration(config).eval(), tok, cfg, patch, merge,
+                        "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor")
+
+
+def _mrope_text(tok, cfg: TinyVLMConfig) -> dict:
+    """Qwen-VL text config: 3-D multimodal RoPE over the head's rotary half (temporal, height, width)."""
+    head_dim = cfg.text_hidden // cfg.text_heads
+    third = head_dim // 2 // 3
+    section = [head_dim // 2 - 2 * third, third, third]
+    return dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, rope_scaling={"type": "mrope", "mrope_section": section},
+                **_text_sizes(cfg))
+
+
+def _qwen_family(model, tok, cfg: TinyVLMConfig, patch: int, merge: int, model_class: str, processor_class: str) -> Family:
+    """The part Qwen2-VL and Qwen2.5-VL share: a fixed-size image processor, module paths, entry."""
+    from transformers import Qwen2VLImageProcessor
+
     px = cfg.image_size * cfg.image_size
     image_processor = Qwen2VLImageProcessor(min_pixels=px, max_pixels=px, patch_size=patch, merge_size=merge,
                                             temporal_patch_size=2)
     modules = dict(decoder="model.language_model", layers="model.language_model.layers",
                    final_norm="model.language_model.norm", lm_head="lm_head")
     return Family(model, Qwen2VLInputs(image_processor, tok), _entry(
-        "Qwen2VLForConditionalGeneration", "<|vision_start|><|image_pad|><|vision_end|>{question} answer:", modules,
-        "image_token_id", processor_class="Qwen2VLProcessor"), image_sizes=[(32, 32), (48, 32), (32, 48)])
+        model_class, "<|vision_start|><|image_pad|><|vision_end|>{question} answer:", modules,
+        "image_token_id", processor_class=processor_class), image_sizes=[(32, 32), (48, 32), (32, 48)])
 
 
 def qwen2_5_vl(words: list[str], cfg: TinyVLMConfig) -> Family:
     """Qwen2.5-VL: Qwen2-VL's 3-D multimodal RoPE, and a vision tower with windowed attention."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(cfg.seed)
     tok = _tokenizer(words, ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"])
-    head_dim = cfg.text_hidden // cfg.text_heads
-    third = head_dim // 2 // 3
-    section = [head_dim // 2 - 2 * third, third, third]
     patch, merge = 4, 2
-    text = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, rope_scaling={"type": "mrope", "mrope_section": section},
-                **_text_sizes(cfg))
+    text = _mrope_text(tok, cfg)
     vision = dict(depth=cfg.vision_layers, hidden_size=cfg.vision_hidden, out_hidden_size=cfg.text_hidden,
                   intermediate_size=cfg.vision_hidden * 2, num_heads=cfg.vision_heads, patch_size=patch,
                   spatial_merge_size=merge, temporal_patch_size=2, in_channels=3, window_size=16,
@@ -194,15 +202,8 @@ def qwen2_5_vl(words: list[str], cfg: TinyVLMConfig) -> Family:
                               video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
                               vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
                               vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"), tie_word_embeddings=False)
-    model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    px = cfg.image_size * cfg.image_size
-    image_processor = Qwen2VLImageProcessor(min_pixels=px, max_pixels=px, patch_size=patch, merge_size=merge,
-                                            temporal_patch_size=2)
-    modules = dict(decoder="model.language_model", layers="model.language_model.layers",
-                   final_norm="model.language_model.norm", lm_head="lm_head")
-    return Family(model, Qwen2VLInputs(image_processor, tok), _entry(
-        "Qwen2_5_VLForConditionalGeneration", "<|vision_start|><|image_pad|><|vision_end|>{question} answer:", modules,
-        "image_token_id", processor_class="Qwen2_5_VLProcessor"), image_sizes=[(32, 32), (48, 32), (32, 48)])
+    return _qwen_family(Qwen2_5_VLForConditionalGeneration(config).eval(), tok, cfg, patch, merge,
+                        "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor")
 
 
 class Qwen2VLInputs:
