@@ -134,21 +134,25 @@ def test_attribution_verify_from_the_two_searches_equals_search_heads(tiny_llava
     assert [t[:2] for t in got.matrices.top_positive] == [t[:2] for t in plain.matrices.top_positive]
 
 
-@pytest.mark.xfail(reason="measured miss, reported not tuned (issue 20): on the shipped toy the planted head is found, but `paper` has shown no significant held-out gain on it (every p >= 0.5 in bench recovery)", strict=False)
 def test_planted_harmful_head_is_found_by_exact_search_and_undone_by_paper(tmp_path):
-    """On toy-llava: the most-used layer-0 head (chosen by its own ablation) amplified ×3 is
-    the top negative head under exact search, and the paper policy's held-out gain on the
-    planted model is significant."""
+    """Issue 20 item 6, with an effect far above noise: on toy-llava-spread (whose answers use
+    several heads, so the planted head is not also the top positive head) the most-used layer-0
+    head, chosen by its own zero-ablation, amplified ×10 is the top negative head under exact
+    search, and the paper policy's held-out gain on the planted model is significant.
+
+    Measured beside it (README, "Ground truth"): the same plant ×3 harms 3 of 37 test questions
+    and paper's gain is +0.054, p = 0.5; on toy-llava the planted L0.H0 is the top head of both
+    lists, so paper's two normalised terms cancel on it at every λ."""
     from vseam_run.bench_recovery import RecoveryConfig, Variant, run_level
     from vseam_run.registry import get_entry
     from vseam_run.vlm import VLM
 
-    entry = get_entry("toy-llava")
+    entry = get_entry("toy-llava-spread")
     src = VLM.load(entry, torch.device("cpu"), torch.float32)
     use = pl.measure_use(src, pl.use_questions(src, 20, cache_dir=tmp_path / "cache"), [(0, h) for h in range(src.num_heads)])
     (layer, head, drop), *_ = use.used(pl.USE_THRESHOLD, layers=[0])
     assert drop >= pl.USE_THRESHOLD
-    heads = [pl.PlantedHead(layer, head, 3.0)]
+    heads = [pl.PlantedHead(layer, head, 10.0)]
     done = pl.plant(entry, src, heads, tmp_path / "planted", use=use)
     vlm = load_vlm(done.entry)
     cfg = RecoveryConfig(levels=("object",), images=150, strategies=("exact",), policies=("paper",), control_draws=1, bootstrap=300)
@@ -156,6 +160,8 @@ def test_planted_harmful_head_is_found_by_exact_search_and_undone_by_paper(tmp_p
     found = lv["strategies"]["exact"]["heads"][0]
     assert found["rank_negative"] == 1, lv["exact_top_negative"]
     held = lv["policies"]["paper"]["held_out"]
+    # the plant is far above noise: it costs a large share of the test questions
+    assert held["baseline"] <= lv["in_clip_repair_test_accuracy"] - 0.2, (held, lv["in_clip_repair_test_accuracy"])
     assert held["gain"] > 0 and held["ci"][0] > 0 and held["mcnemar_p"] < 0.05, held
     assert lv["policies"]["paper"]["planted_scales"][heads[0].label] < 1  # it suppressed the planted head
 
