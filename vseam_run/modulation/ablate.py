@@ -80,7 +80,7 @@ class Ablate(Policy):
             choice = select_grid([{"k": k} for k in ks], lambda p: acc(self.intervention(neg, int(p["k"]), L, H)),
                                  lambda p: (p["k"],))
             k = int(choice.best["k"])
-            sink.document("ablate_selection", [{**p.params, "val_accuracy": p.val_accuracy} for p in choice.table])
+            sink.document("ablate_selection", choice.rows())
             sink.log("  K on val: " + ", ".join(f"{int(p.params['k'])}→{p.val_accuracy:.3f}" for p in choice.table)
                      + f"; chose K = {k}")
         else:

@@ -313,7 +313,7 @@ class ImageAttention(Policy):
             choice = select_grid(candidates, lambda p: acc(intervention(int(p["from_layer"]), p["alpha"])),
                                  lambda p: (abs(p["alpha"]), -p["from_layer"]))
             best = choice.best
-            sink.document("image_attention_selection", [{**p.params, "val_accuracy": p.val_accuracy} for p in choice.table])
+            sink.document("image_attention_selection", choice.rows())
             sink.log("  from layer, α on val: " + ", ".join(
                 f"{int(p.params['from_layer'])},{p.params['alpha']:g}→{p.val_accuracy:.3f}" for p in choice.table)
                 + f"; chose from layer {int(best['from_layer'])}, α = {best['alpha']:g}")

@@ -68,7 +68,7 @@ class Paper(Policy):
             acc = ctx.val_accuracy("modulation.k / lam: auto")
             choice = select_grid(candidates, lambda p: acc(scales_for(p)), lambda p: (p["lam"], p["k"]))
             best = choice.best
-            sink.document("paper_selection", [{**p.params, "val_accuracy": p.val_accuracy} for p in choice.table])
+            sink.document("paper_selection", choice.rows())
             sink.log("  K, λ on val: " + ", ".join(f"{int(p.params['k'])},{p.params['lam']:g}→{p.val_accuracy:.3f}" for p in choice.table)
                      + f"; chose K = {int(best['k'])}, λ = {best['lam']:g}")
         else:

@@ -66,6 +66,10 @@ class GridChoice(NamedTuple):
     best: dict[str, float]
     table: list[GridPoint]
 
+    def rows(self) -> list[dict[str, float]]:
+        """The table as records (each setting's parameters and its val accuracy), for a run document."""
+        return [{**p.params, "val_accuracy": p.val_accuracy} for p in self.table]
+
 
 def select_grid(
     candidates: Sequence[dict[str, float]],

@@ -214,7 +214,7 @@ class Steer(Policy):
             choice = select_grid(candidates, lambda p: acc(intervention(int(p["k"]), p["alpha"])),
                                  lambda p: (abs(p["alpha"]), p["k"]))
             best = choice.best
-            sink.document("steer_selection", [{**p.params, "val_accuracy": p.val_accuracy} for p in choice.table])
+            sink.document("steer_selection", choice.rows())
             sink.log("  K, α on val: " + ", ".join(f"{int(p.params['k'])},{p.params['alpha']:g}→{p.val_accuracy:.3f}"
                                                    for p in choice.table)
                      + f"; chose K = {int(best['k'])}, α = {best['alpha']:g}")
